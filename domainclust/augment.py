@@ -1,0 +1,75 @@
+"""Training-time augmentation (albumentations) and the dataset over a staged subset.
+
+The recipe lists albumentations transforms by class name with their arguments, e.g.
+`[{RandomResizedCrop: {scale: [0.08, 1.0]}}, {HorizontalFlip: {p: 0.5}}]`; crops and resizes
+get their output size from the tile size when the recipe does not give one.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home on import
+
+import albumentations as A  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from domainclust.errors import DomainclustError  # noqa: E402
+
+_SIZED = {"RandomResizedCrop", "CenterCrop", "RandomCrop", "Resize", "RandomSizedCrop"}
+
+
+def build_augmentation(spec: list[dict[str, Any]], *, tile_size: int, seed: int) -> A.Compose:
+    steps = []
+    for item in spec:
+        if not isinstance(item, dict) or len(item) != 1:
+            raise DomainclustError(f"augment entries must be {{Name: {{args}}}}, got {item!r}")
+        (name, kwargs), = item.items()
+        cls = getattr(A, name, None)
+        if cls is None:
+            raise DomainclustError(f"augment: albumentations has no transform '{name}'")
+        kwargs = dict(kwargs or {})
+        if name in _SIZED and "size" not in kwargs and "height" not in kwargs:
+            kwargs["size"] = (tile_size, tile_size)
+        for key in ("scale", "ratio"):
+            if isinstance(kwargs.get(key), list):
+                kwargs[key] = tuple(kwargs[key])
+        try:
+            steps.append(cls(**kwargs))
+        except (TypeError, ValueError) as exc:
+            raise DomainclustError(f"augment: invalid arguments for {name}: {exc}") from None
+    return A.Compose(steps, seed=seed)
+
+
+class AugmentedTiles(torch.utils.data.Dataset):
+    """Staged tiles (N, C, H, W, storage dtype) → augmented float tensors with their targets."""
+
+    def __init__(
+        self,
+        tiles: np.ndarray,
+        targets: np.ndarray,
+        *,
+        scale: np.ndarray,
+        offset: np.ndarray,
+        transform: A.Compose,
+    ) -> None:
+        self.tiles, self.targets, self.transform = tiles, targets, transform
+        self.scale = np.asarray(scale, dtype=np.float32)
+        self.offset = np.asarray(offset, dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        hwc = np.moveaxis(self.tiles[i], 0, -1).astype(np.float32) * self.scale + self.offset
+        out = self.transform(image=hwc)["image"]
+        return torch.from_numpy(np.ascontiguousarray(np.moveaxis(out, -1, 0))), int(self.targets[i])
+
+
+def seed_worker(worker_id: int) -> None:
+    """Give each DataLoader worker its own augmentation stream, derived from the epoch seed."""
+    info = torch.utils.data.get_worker_info()
+    transform = info.dataset.transform
+    transform.set_random_seed(int(transform.seed) * 1000 + worker_id)

@@ -1,0 +1,97 @@
+"""The `domainclust` command: a thin typer layer over the Python API."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from domainclust.errors import DomainclustError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="DeepCluster pretraining on unlabeled domain imagery.")
+
+SET_HELP = "key=value override (short keys: epochs, k, batch_size, lr, arch, ...); repeatable"
+
+
+@app.command()
+def pretrain(
+    run_dir: Path = typer.Option(..., "--run-dir", help="where config, metrics and checkpoints go"),
+    store: Optional[Path] = typer.Option(None, "--store", help="TileStore to train on"),
+    config: Optional[Path] = typer.Option(None, "--config", help="recipe YAML"),
+    modality: Optional[str] = typer.Option(None, "--modality", help="use this modality's recipe"),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+) -> None:
+    """Train (or resume) DeepCluster on a TileStore."""
+    from domainclust import config as cfg
+    from domainclust.deepcluster import pretrain as run_pretrain
+    from domainclust.modality import get_modality
+
+    recipe: dict = {}
+    if modality:
+        recipe = get_modality(modality).load_recipe()
+    if config:
+        recipe = cfg.merge(recipe, cfg.load_yaml(config))
+    overrides = list(set_)
+    if store:
+        overrides.append(f"store={store}")
+    resolved = cfg.resolve(recipe=recipe, overrides=overrides)
+    run_pretrain(resolved, run_dir, progress=not quiet)
+
+
+@app.command()
+def demo(
+    run_dir: Path = typer.Option(Path("runs/demo"), "--run-dir"),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+) -> None:
+    """Pretrain on the bundled MNIST subset and compare with random initialisation."""
+    from domainclust.demo import run_demo
+
+    run_demo(run_dir, overrides=list(set_), progress=not quiet)
+
+
+@app.command()
+def ingest(
+    sources: list[Path] = typer.Argument(None, help="files or folders to ingest"),
+    modality: str = typer.Option(..., "--modality", help="adapter to use (see `modalities`)"),
+    out: Path = typer.Option(..., "--out", help="TileStore to write (resumed if it exists)"),
+    set_: list[str] = typer.Option([], "--set", help="adapter option key=value; repeatable"),
+    workers: int = typer.Option(1, "--workers", help="reader processes"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+) -> None:
+    """Turn source files into a TileStore through a modality adapter."""
+    from domainclust.modality import get_modality, ingest_options
+
+    m = get_modality(modality)
+    report = m.ingest(list(sources or []), out, options=ingest_options(m, list(set_)),
+                      workers=workers, progress=not quiet)
+    typer.echo(f"{out}: {report['tiles_written']} tiles written, "
+               f"{len(report['skipped'])} item(s) skipped")
+    for s in report["skipped"]:
+        typer.echo(f"  skipped {s['item']}: {s['reason']}")
+
+
+@app.command("modalities")
+def list_modalities() -> None:
+    """List the registered modality adapters."""
+    from domainclust.modality import available_modalities
+
+    for name, m in sorted(available_modalities().items()):
+        typer.echo(f"{name:10s} channels={','.join(m.channels)} tile={m.tile_size} "
+                   f"frontend={m.frontend} recipe={m.recipe}\n{'':10s} {m.description}")
+
+
+def main() -> None:
+    try:
+        app()
+    except DomainclustError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; finished epochs are saved, run the same command to resume",
+                   err=True)
+        sys.exit(130)

@@ -1,0 +1,57 @@
+"""Feature extraction over staged tiles: eval mode, the full tile, batched, on the device."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from domainclust.model import DeepClusterNet
+from domainclust.store import TileStore
+
+
+def tile_batches(
+    tiles: np.ndarray,
+    *,
+    store: TileStore,
+    batch_size: int,
+    device: torch.device,
+    tile_size: int,
+) -> Iterator[torch.Tensor]:
+    """Float input batches on `device`, resized to `tile_size` when the store's differs."""
+    pin = device.type == "cuda"
+    for start in range(0, len(tiles), batch_size):
+        raw = torch.from_numpy(np.ascontiguousarray(tiles[start : start + batch_size]))
+        if pin:
+            raw = raw.pin_memory()
+        x = store.to_float(raw.to(device, non_blocking=True))
+        if x.shape[-1] != tile_size:
+            x = F.interpolate(x, size=(tile_size, tile_size), mode="bilinear", antialias=True)
+        yield x
+
+
+@torch.no_grad()
+def extract_features(
+    model: DeepClusterNet,
+    tiles: np.ndarray,
+    *,
+    store: TileStore,
+    batch_size: int,
+    device: torch.device,
+    progress: bool = True,
+) -> Iterator[torch.Tensor]:
+    """Pre-ReLU features (float32, on the device) of every tile, batch by batch."""
+    model.eval()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    batches = tile_batches(
+        tiles, store=store, batch_size=batch_size, device=device, tile_size=model.spec.tile_size
+    )
+    with tqdm(total=len(tiles), desc="extract", unit="tile", disable=not progress, leave=False) as bar:
+        for x in batches:
+            with autocast:
+                f = model.features(x)
+            bar.update(len(x))
+            yield f.float()

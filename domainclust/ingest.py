@@ -1,0 +1,149 @@
+"""The ingest engine: source items → adapter reads (in worker processes) → TileStore.
+
+An adapter says what its items are (`discover`), what the store holds (`spec`), and how one
+item becomes tiles (`read`, run in a worker process). The engine owns what every adapter needs
+the same way: parallel reads, progress, the ingest report, and resuming after an interruption
+(each item's tiles are committed together with the item's key, so a re-run skips finished
+items and never duplicates or loses tiles).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from domainclust.errors import DomainclustError
+from domainclust.rundir import atomic_write_text
+from domainclust.store import StoreSpec, TileStoreWriter
+
+REPORT_NAME = "ingest_report.json"
+
+
+@dataclass
+class SourceItem:
+    """One unit of work: a file, a DICOM series, a window of a scene, an RGB/depth pair."""
+
+    key: str  # stable across runs: the resume bookkeeping uses it
+    paths: list[Path]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TileBatch:
+    tiles: np.ndarray  # (n, C, H, W) in the store's dtype
+    labels: np.ndarray | None = None
+    meta: dict[str, np.ndarray] = field(default_factory=dict)
+    skipped_tiles: int = 0  # tiles dropped inside the item (background, nodata), for the report
+
+
+class Skip(Exception):
+    """Raised by `Adapter.read` for an item that cannot be used; the reason goes in the report."""
+
+
+class Adapter(Protocol):
+    with_labels: bool
+
+    def discover(self, sources: list[Path], options: dict[str, Any]) -> list[SourceItem]: ...
+
+    def spec(self, items: list[SourceItem], options: dict[str, Any]) -> StoreSpec: ...
+
+    def read(self, item: SourceItem, options: dict[str, Any]) -> TileBatch: ...
+
+
+def _read(adapter: Adapter, item: SourceItem, options: dict[str, Any]) -> TileBatch | str:
+    try:
+        return adapter.read(item, options)
+    except Skip as exc:
+        return str(exc)
+
+
+def _results(
+    adapter: Adapter, items: list[SourceItem], options: dict[str, Any], workers: int
+) -> Iterator[tuple[SourceItem, TileBatch | str]]:
+    """Item results in item order, read by `workers` processes with bounded look-ahead."""
+    if workers <= 1:
+        for item in items:
+            yield item, _read(adapter, item, options)
+        return
+    ctx = multiprocessing.get_context("spawn")  # fork + torch/BLAS threads deadlocks
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        pending: dict[int, Future] = {}
+        nxt = 0
+        for i in range(len(items)):
+            while nxt < len(items) and len(pending) < 2 * workers:
+                pending[nxt] = pool.submit(_read, adapter, items[nxt], options)
+                nxt += 1
+            future = pending.pop(i)
+            wait([future], return_when=FIRST_COMPLETED)
+            yield items[i], future.result()
+
+
+def run_ingest(
+    adapter: Adapter,
+    sources: list[Path],
+    out: Path,
+    *,
+    options: dict[str, Any],
+    workers: int = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Ingest `sources` into the store at `out` (resuming it if it exists); returns the report."""
+    items = adapter.discover([Path(s) for s in sources], options)
+    if not items:
+        raise DomainclustError(
+            f"no usable source files found in {', '.join(map(str, sources)) or '(nothing given)'}"
+        )
+    keys = [item.key for item in items]
+    if len(set(keys)) != len(keys):
+        raise DomainclustError("adapter produced duplicate item keys; report this as a bug")
+    writer = TileStoreWriter(out, adapter.spec(items, options), with_labels=adapter.with_labels)
+    state = writer.state
+    done: dict[str, int] = dict(state.get("done", {}))  # key → tiles written
+    skipped: dict[str, str] = dict(state.get("skipped", {}))  # key → reason
+    dropped = int(state.get("tiles_dropped", 0))
+    source_index = {key: i for i, key in enumerate(keys)}
+    todo = [item for item in items if item.key not in done and item.key not in skipped]
+
+    with tqdm(total=len(items), initial=len(items) - len(todo), desc="ingest", unit="item",
+              disable=not progress) as bar:
+        for item, result in _results(adapter, todo, options, workers):
+            if isinstance(result, str):
+                skipped[item.key] = result
+                batch = TileBatch(tiles=np.zeros((0, *writer.group["tiles"].shape[1:]),
+                                                 dtype=writer.spec.dtype))
+                if adapter.with_labels:
+                    batch.labels = np.zeros(0, dtype=np.int64)
+            else:
+                batch = result
+                done[item.key] = len(batch.tiles)
+                dropped += batch.skipped_tiles
+            n = len(batch.tiles)
+            meta = {"source": np.full(n, source_index[item.key], dtype=np.int32), **batch.meta}
+            writer.append(batch.tiles, labels=batch.labels, meta=meta if n else None, state={
+                "done": done, "skipped": skipped, "tiles_dropped": dropped,
+            })
+            bar.update(1)
+            bar.set_postfix(tiles=writer.count, skipped=len(skipped), refresh=False)
+
+    report = {
+        "items_found": len(items),
+        "items_read": len(done),
+        "tiles_written": writer.count,
+        "tiles_dropped": dropped,
+        "skipped": [{"item": key, "reason": reason} for key, reason in sorted(skipped.items())],
+    }
+    writer.finish(sources=keys, ingest_report=report)
+    atomic_write_text(Path(out) / REPORT_NAME, json.dumps(report, indent=2))
+    if writer.count == 0:
+        raise DomainclustError(
+            f"ingest wrote no tiles to {out}; every item was skipped (see {Path(out) / REPORT_NAME})"
+        )
+    return report

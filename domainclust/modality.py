@@ -1,0 +1,95 @@
+"""What a modality adapter declares, and the entry-point registry the core finds them through.
+
+Adapters live outside the core (the `modalities` package, or any third-party package) and
+register a `Modality` under the entry-point group `domainclust.modalities`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from domainclust.config import load_yaml
+from domainclust.errors import DomainclustError
+
+ENTRY_POINT_GROUP = "domainclust.modalities"
+
+
+class Ingest(Protocol):
+    def __call__(
+        self,
+        sources: list[Path],
+        out: Path,
+        *,
+        options: dict[str, Any],
+        workers: int,
+        progress: bool,
+    ) -> dict[str, Any]:
+        """Write (or resume) a complete TileStore at `out`; return the ingest report."""
+
+
+@dataclass(frozen=True)
+class Modality:
+    name: str
+    description: str
+    channels: tuple[str, ...]
+    tile_size: int
+    frontend: str
+    recipe: str  # file name in domainclust.recipes (the repo's recipes/ folder)
+    ingest: Ingest
+    raw_channels: tuple[str, ...] = ()
+    defaults: dict[str, Any] = field(default_factory=dict)  # ingest options and their defaults
+
+    def load_recipe(self) -> dict[str, Any]:
+        return load_recipe(self.recipe)
+
+
+def ingest_options(modality: Modality, overrides: list[str]) -> dict[str, Any]:
+    """The adapter's defaults with `key=value` overrides (values parsed as YAML)."""
+    options = dict(modality.defaults)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in options:
+            known = ", ".join(sorted(options)) or "none"
+            raise DomainclustError(
+                f"--set {item}: the {modality.name} adapter's options are: {known}"
+            )
+        options[key] = yaml.safe_load(raw) if raw.strip() else None
+    return options
+
+
+def load_recipe(name: str) -> dict[str, Any]:
+    """A bundled recipe by file name, or any YAML file by path."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return load_yaml(path)
+    bundled = resources.files("domainclust.recipes") / name
+    if not bundled.is_file():
+        raise DomainclustError(f"recipe '{name}' is neither a file nor a bundled recipe")
+    with resources.as_file(bundled) as p:
+        return load_yaml(p)
+
+
+def available_modalities() -> dict[str, Modality]:
+    found: dict[str, Modality] = {}
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            modality = ep.load()
+        except Exception as exc:  # noqa: BLE001 - a broken third-party adapter must not break the rest
+            raise DomainclustError(f"modality adapter '{ep.name}' ({ep.value}) failed to load: {exc}")
+        if not isinstance(modality, Modality):
+            raise DomainclustError(f"entry point '{ep.name}' ({ep.value}) is not a Modality")
+        found[ep.name] = modality
+    return found
+
+
+def get_modality(name: str) -> Modality:
+    found = available_modalities()
+    if name not in found:
+        known = ", ".join(sorted(found)) or "none (is domainclust installed with `pip install -e .`?)"
+        raise DomainclustError(f"unknown modality '{name}'; registered modalities: {known}")
+    return found[name]

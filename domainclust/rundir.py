@@ -1,0 +1,120 @@
+"""The run directory: everything a run produced, written so a crash never loses finished work.
+
+Layout other commands rely on::
+
+    R/config.yaml          resolved config
+    R/metrics.jsonl        one JSON object per finished epoch
+    R/assignments/epoch_0003.npz   tile indices and cluster ids of that epoch
+    R/checkpoints/last.pt  the latest finished epoch (weights, optimizer, history)
+    R/cache/               staging memmaps (safe to delete)
+
+Every file is written to a temporary name and renamed into place (atomic on POSIX).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from domainclust import config as cfg
+from domainclust.errors import DomainclustError
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+class RunDir:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.config_path = self.path / "config.yaml"
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.assignments_dir = self.path / "assignments"
+        self.checkpoint_path = self.path / "checkpoints" / "last.pt"
+        self.cache_dir = self.path / "cache"
+
+    def prepare(self, config: cfg.Config) -> None:
+        """Record the config; a run dir that holds a different one is refused."""
+        if self.path.exists() and not self.path.is_dir():
+            raise DomainclustError(f"run dir {self.path} exists and is not a directory")
+        if self.config_path.exists():
+            stored = cfg.from_dict(cfg.load_yaml(self.config_path))
+            changed = [k for k in cfg.differences(stored, config) if k not in cfg.RESUMABLE_KEYS]
+            if changed:
+                raise DomainclustError(
+                    f"run dir {self.path} holds a run with a different config "
+                    f"(differs in: {', '.join(changed)}); use a new --run-dir, or the same "
+                    "settings to resume it"
+                )
+        atomic_write_text(self.config_path, cfg.dump_yaml(config))
+
+    def load_config(self) -> cfg.Config:
+        if not self.config_path.exists():
+            raise DomainclustError(f"{self.path} is not a run dir (no config.yaml)")
+        return cfg.from_dict(cfg.load_yaml(self.config_path))
+
+    def write_metrics(self, history: list[dict[str, Any]]) -> None:
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
+
+    def assignment_path(self, epoch: int) -> Path:
+        return self.assignments_dir / f"epoch_{epoch:04d}.npz"
+
+    def save_assignments(self, epoch: int, *, indices: np.ndarray, labels: np.ndarray) -> None:
+        atomic_write(
+            self.assignment_path(epoch), lambda f: np.savez(f, indices=indices, labels=labels)
+        )
+
+    def load_assignments(self, epoch: int) -> tuple[np.ndarray, np.ndarray] | None:
+        path = self.assignment_path(epoch)
+        if not path.exists():
+            return None
+        with np.load(path) as data:
+            return data["indices"], data["labels"]
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        atomic_write(self.checkpoint_path, lambda f: torch.save(state, f))
+
+    def load_checkpoint(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+        if not self.checkpoint_path.exists():
+            return None
+        return load_checkpoint(self.checkpoint_path, map_location=map_location)
+
+
+def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint without unpickling arbitrary objects (`weights_only=True`)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise DomainclustError(f"checkpoint {path} does not exist") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises several types for bad files
+        raise DomainclustError(
+            f"checkpoint {path} could not be loaded safely ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'}); it is corrupt or not a "
+            "domainclust checkpoint"
+        ) from None
