@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from domainclust.cli_eval import register as register_evaluation
 from domainclust.errors import DomainclustError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -81,8 +82,14 @@ def list_modalities() -> None:
     from domainclust.modality import available_modalities
 
     for name, m in sorted(available_modalities().items()):
+        if isinstance(m, DomainclustError):
+            typer.echo(f"{name:10s} (unavailable: {m})")
+            continue
         typer.echo(f"{name:10s} channels={','.join(m.channels)} tile={m.tile_size} "
                    f"frontend={m.frontend} recipe={m.recipe}\n{'':10s} {m.description}")
+
+
+register_evaluation(app)
 
 
 def main() -> None:

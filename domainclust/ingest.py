@@ -49,11 +49,11 @@ class Skip(Exception):
 
 
 class Adapter(Protocol):
-    with_labels: bool
-
     def discover(self, sources: list[Path], options: dict[str, Any]) -> list[SourceItem]: ...
 
     def spec(self, items: list[SourceItem], options: dict[str, Any]) -> StoreSpec: ...
+
+    def has_labels(self, items: list[SourceItem], options: dict[str, Any]) -> bool: ...
 
     def read(self, item: SourceItem, options: dict[str, Any]) -> TileBatch: ...
 
@@ -104,7 +104,8 @@ def run_ingest(
     keys = [item.key for item in items]
     if len(set(keys)) != len(keys):
         raise DomainclustError("adapter produced duplicate item keys; report this as a bug")
-    writer = TileStoreWriter(out, adapter.spec(items, options), with_labels=adapter.with_labels)
+    with_labels = adapter.has_labels(items, options)
+    writer = TileStoreWriter(out, adapter.spec(items, options), with_labels=with_labels)
     state = writer.state
     done: dict[str, int] = dict(state.get("done", {}))  # key → tiles written
     skipped: dict[str, str] = dict(state.get("skipped", {}))  # key → reason
@@ -119,7 +120,7 @@ def run_ingest(
                 skipped[item.key] = result
                 batch = TileBatch(tiles=np.zeros((0, *writer.group["tiles"].shape[1:]),
                                                  dtype=writer.spec.dtype))
-                if adapter.with_labels:
+                if with_labels:
                     batch.labels = np.zeros(0, dtype=np.int64)
             else:
                 batch = result

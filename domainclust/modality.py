@@ -74,22 +74,37 @@ def load_recipe(name: str) -> dict[str, Any]:
         return load_yaml(p)
 
 
-def available_modalities() -> dict[str, Modality]:
-    found: dict[str, Modality] = {}
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+def _load(ep: metadata.EntryPoint) -> Modality:
+    try:
+        modality = ep.load()
+    except Exception as exc:  # noqa: BLE001 - report any adapter failure as the user's problem to fix
+        raise DomainclustError(
+            f"modality adapter '{ep.name}' ({ep.value}) failed to load: {type(exc).__name__}: {exc}"
+        ) from None
+    if not isinstance(modality, Modality):
+        raise DomainclustError(f"entry point '{ep.name}' ({ep.value}) is not a Modality")
+    return modality
+
+
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available_modalities() -> dict[str, Modality | DomainclustError]:
+    """Every registered adapter, or the error that kept it from loading."""
+    found: dict[str, Modality | DomainclustError] = {}
+    for name, ep in _entry_points().items():
         try:
-            modality = ep.load()
-        except Exception as exc:  # noqa: BLE001 - a broken third-party adapter must not break the rest
-            raise DomainclustError(f"modality adapter '{ep.name}' ({ep.value}) failed to load: {exc}")
-        if not isinstance(modality, Modality):
-            raise DomainclustError(f"entry point '{ep.name}' ({ep.value}) is not a Modality")
-        found[ep.name] = modality
+            found[name] = _load(ep)
+        except DomainclustError as exc:
+            found[name] = exc
     return found
 
 
 def get_modality(name: str) -> Modality:
-    found = available_modalities()
-    if name not in found:
-        known = ", ".join(sorted(found)) or "none (is domainclust installed with `pip install -e .`?)"
+    """Load only the adapter asked for, so one broken third-party adapter breaks nothing else."""
+    eps = _entry_points()
+    if name not in eps:
+        known = ", ".join(sorted(eps)) or "none (is domainclust installed with `pip install -e .`?)"
         raise DomainclustError(f"unknown modality '{name}'; registered modalities: {known}")
-    return found[name]
+    return _load(eps[name])
