@@ -87,9 +87,9 @@ def train_one_epoch(
     model.train()
     loss_fn = nn.CrossEntropyLoss()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    total, count = 0.0, 0
+    total, count = torch.zeros((), device=device), 0
     with tqdm(loader, desc="train", unit="batch", disable=not progress, leave=False) as bar:
-        for x, y in bar:
+        for step, (x, y) in enumerate(bar):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast:
                 loss = loss_fn(model(x), y)
@@ -98,10 +98,11 @@ def train_one_epoch(
             loss.backward()
             optimizer.step()
             head_optimizer.step()
-            total += float(loss) * len(x)
+            total += loss.detach() * len(x)  # stays on the device: no sync per step
             count += len(x)
-            bar.set_postfix(loss=f"{total / count:.3f}", refresh=False)
-    return total / max(count, 1)
+            if progress and step % 20 == 0:
+                bar.set_postfix(loss=f"{float(total) / count:.3f}", refresh=False)
+    return float(total) / max(count, 1)
 
 
 def _check_checkpoint(state: dict[str, Any], spec: ModelSpec, store: TileStore, run: RunDir) -> None:
@@ -232,11 +233,11 @@ def run_epoch(
         record["nmi_labels"] = nmi(store.labels[subset], labels)
     lap("cluster")
 
-    model.reset_head(k)
     t = config.train
-    head_optimizer = build_optimizer(model, config, model.top.parameters())
     seed = epoch_seed(config.seed, epoch, 2)
-    torch.manual_seed(seed)  # dropout
+    torch.manual_seed(seed)  # the new top layer's init and dropout
+    model.reset_head(k)
+    head_optimizer = build_optimizer(model, config, model.top.parameters())
     dataset = AugmentedTiles(
         tiles, labels, scale=store.attrs["scale"], offset=store.attrs["offset"],
         transform=build_augmentation(config.data.augment, tile_size=model.spec.tile_size,

@@ -20,7 +20,8 @@ import torch
 
 from domainclust.errors import DomainclustError
 
-EPS = 1e-8
+EPS = 1e-12
+REL_TOL = 1e-6  # eigenvalues below this fraction of the largest count as zero
 
 
 @dataclass
@@ -31,10 +32,17 @@ class Whitening:
     components: torch.Tensor  # (D, d), columns sorted by decreasing eigenvalue
     eigenvalues: torch.Tensor  # (d,)
 
+    def inverse_sqrt(self) -> torch.Tensor:
+        """1/sqrt(eigenvalue), and 0 for directions with no variance (rank-deficient data):
+        whitening would otherwise blow numerical noise up to unit variance."""
+        w = self.eigenvalues
+        keep = w > REL_TOL * w.max()
+        return torch.where(keep, 1.0 / torch.sqrt(w.clamp_min(EPS)), torch.zeros_like(w))
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         dev, dtype = x.device, self.components.dtype
         y = (x.to(dtype) - self.mean.to(dev)) @ self.components.to(dev)
-        y = y / torch.sqrt(self.eigenvalues.to(dev) + EPS)
+        y = y * self.inverse_sqrt().to(dev)
         return torch.nn.functional.normalize(y.float(), dim=1)
 
 
@@ -114,12 +122,16 @@ class CovarianceAccumulator:
 
 
 def fit_whitening(mean: torch.Tensor, cov: torch.Tensor, *, pca_dim: int, n: int) -> Whitening:
-    """Top-`pca_dim` eigenvectors of the covariance; `pca_dim` is clipped to ≤ min(N, D)."""
+    """Top-`pca_dim` eigenvectors of the covariance.
+
+    `pca_dim` is clipped to min(N - 1, D): N centred points span at most N - 1 directions.
+    """
     d = cov.shape[0]
-    limit = min(n, d)
+    limit = min(n - 1, d)
     if pca_dim > limit:
         warnings.warn(
-            f"pca_dim={pca_dim} exceeds min(N={n}, D={d}); using {limit}", stacklevel=2
+            f"pca_dim={pca_dim} exceeds what {n} features of dimension {d} support; using {limit}",
+            stacklevel=2,
         )
         pca_dim = limit
     if cov.device.type == "cpu":

@@ -1,0 +1,3 @@
+from domainclust.cli import main
+
+main()

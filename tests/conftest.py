@@ -1,0 +1,21 @@
+"""Shared fixtures: the real MNIST subset as a TileStore, built once per session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def mnist_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """5000 real MNIST digits with labels (32 px, 1 channel, uint8)."""
+    from modalities.mnist import ingest
+
+    path = tmp_path_factory.mktemp("mnist") / "store.zarr"
+    ingest([], path, options={}, workers=1, progress=False)
+    return path

@@ -1,0 +1,157 @@
+"""End-to-end DeepCluster runs on the real MNIST subset (small settings, CPU)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from domainclust import deepcluster
+from domainclust.cli import app
+from domainclust.config import resolve
+from domainclust.errors import DomainclustError
+from domainclust.store import StoreSpec, TileStoreWriter
+
+SMALL = ["subset_size=600", "k=10", "epochs=3", "batch_size=64", "pca_dim=32"]
+
+
+def config(store, *extra: str):
+    return resolve(overrides=[f"store={store}", *SMALL, *extra])
+
+
+def strip_seconds(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(mnist_store, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run") / "full"
+    return run, deepcluster.pretrain(config(mnist_store), run, progress=False, log=lambda _: None)
+
+
+def test_run_dir_layout_and_metrics(uninterrupted) -> None:
+    run, history = uninterrupted
+    assert (run / "config.yaml").exists() and (run / "checkpoints" / "last.pt").exists()
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [0, 1, 2] and lines == history
+    for r in lines:
+        for key in ("loss", "nmi_prev", "nmi_labels", "n_clusters", "cluster_size_min",
+                    "cluster_size_max", "seconds", "objective", "n_empty"):
+            assert key in r
+        assert r["n_clusters"] == 10 and r["cluster_size_min"] >= 1 and r["n_tiles"] == 600
+        assert set(r["seconds"]) == {"stage", "extract", "cluster", "train"}
+    assert lines[0]["nmi_prev"] is None and 0 <= lines[1]["nmi_prev"] <= 1
+    for epoch in range(3):
+        with np.load(run / "assignments" / f"epoch_{epoch:04d}.npz") as a:
+            assert len(a["indices"]) == 600 and len(np.unique(a["labels"])) == 10
+    # Subset regime: a fresh random subset every epoch.
+    with np.load(run / "assignments" / "epoch_0000.npz") as a, \
+         np.load(run / "assignments" / "epoch_0001.npz") as b:
+        assert not np.array_equal(a["indices"], b["indices"])
+
+
+def test_resume_after_an_interrupted_epoch_reproduces_the_run(
+    uninterrupted, mnist_store, tmp_path, monkeypatch
+) -> None:
+    _, expected = uninterrupted
+    real_train = deepcluster.train_one_epoch
+    calls = {"n": 0}
+
+    def interrupted_train(model, loader, **kwargs):
+        calls["n"] += 1
+        if calls["n"] < 2:
+            return real_train(model, loader, **kwargs)
+
+        def two_batches_then_ctrl_c():
+            for i, batch in enumerate(loader):
+                if i == 2:
+                    raise KeyboardInterrupt
+                yield batch
+
+        return real_train(model, two_batches_then_ctrl_c(), **kwargs)
+
+    monkeypatch.setattr(deepcluster, "train_one_epoch", interrupted_train)
+    run = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        deepcluster.pretrain(config(mnist_store), run, progress=False, log=lambda _: None)
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1  # epoch 0 survived
+    monkeypatch.setattr(deepcluster, "train_one_epoch", real_train)
+    resumed = deepcluster.pretrain(config(mnist_store), run, progress=False, log=lambda _: None)
+    got, want = strip_seconds(resumed), strip_seconds(expected)
+    assert [r["epoch"] for r in got] == [0, 1, 2]
+    for g, w in zip(got, want):
+        assert g.keys() == w.keys()
+        for key in g:
+            if w[key] is None:
+                assert g[key] is None, key
+            else:
+                assert g[key] == pytest.approx(w[key], rel=1e-4, abs=1e-6), key
+
+
+def test_a_finished_run_can_be_extended(uninterrupted, mnist_store, tmp_path) -> None:
+    run = tmp_path / "extend"
+    deepcluster.pretrain(config(mnist_store, "epochs=1"), run, progress=False, log=lambda _: None)
+    history = deepcluster.pretrain(config(mnist_store, "epochs=2"), run, progress=False,
+                                   log=lambda _: None)
+    assert [r["epoch"] for r in history] == [0, 1]
+    assert history[1]["nmi_prev"] is not None
+
+
+def test_pic_clustering_trains(mnist_store, tmp_path) -> None:
+    history = deepcluster.pretrain(
+        config(mnist_store, "clustering=pic", "epochs=1", "lr=0.05"), tmp_path / "pic",
+        progress=False, log=lambda _: None)
+    assert history[0]["n_clusters"] > 1 and history[0]["cluster_size_min"] >= 2
+
+
+def test_a_run_dir_with_another_config_is_refused(uninterrupted, mnist_store) -> None:
+    run, _ = uninterrupted
+    with pytest.raises(DomainclustError, match=r"different config \(differs in: cluster.k\)"):
+        deepcluster.pretrain(config(mnist_store, "k=12"), run, progress=False)
+
+
+def test_a_store_with_other_channels_than_the_checkpoint_is_refused(
+    uninterrupted, tmp_path
+) -> None:
+    run, _ = uninterrupted
+    other = tmp_path / "rgb.zarr"
+    w = TileStoreWriter(other, StoreSpec(modality="mnist", channels=("r", "g", "b"), tile_size=32,
+                                         dtype="uint8", scale=(1,) * 3, offset=(0,) * 3))
+    w.append(np.zeros((700, 3, 32, 32), np.uint8))
+    w.finish()
+    # The store moved (same config, another path) and now holds other channels.
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    stored["data"]["store"] = str(other)
+    (run / "config.yaml").write_text(yaml.safe_dump(stored))
+    with pytest.raises(DomainclustError, match=r"trained on channels \['gray'\]"):
+        deepcluster.pretrain(config(other), run, progress=False)
+
+
+def test_k_larger_than_the_subset_is_refused(mnist_store, tmp_path) -> None:
+    with pytest.raises(DomainclustError, match="k=601 is larger than the 600 tiles"):
+        deepcluster.pretrain(config(mnist_store, "k=601"), tmp_path / "r", progress=False)
+
+
+def test_cli_pretrain_with_set_and_clean_errors(mnist_store, tmp_path) -> None:
+    runner = CliRunner()
+    args = ["pretrain", "--store", str(mnist_store), "--run-dir", str(tmp_path / "cli"), "--quiet",
+            "--modality", "mnist"] + [a for s in SMALL + ["epochs=1"] for a in ("--set", s)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert len((tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()) == 1
+    state = torch.load(tmp_path / "cli" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 0 and list(state["spec"]["channels"]) == ["gray"]
+
+
+def test_cli_reports_a_missing_store_in_one_line(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "domainclust", "pretrain", "--store", str(tmp_path / "none.zarr"),
+         "--run-dir", str(tmp_path / "r")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: store {tmp_path / 'none.zarr'} does not exist; create one with `domainclust ingest`"]
