@@ -35,7 +35,7 @@ class DataConfig:
     tiles_per_chunk: int | None = None  # None: a proportional share of every chunk
     tile_size: int | None = None  # None: the store's tile size
     cache: str = "auto"  # ram | memmap | auto
-    workers: int = 0
+    workers: int | None = None  # DataLoader processes; None: 0 on CPU, up to 8 with a GPU
     augment: list[dict[str, Any]] = field(default_factory=_default_augment)
 
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from domainclust.augment import AugmentedTiles, build_augmentation, seed_worker
 from domainclust.config import Config
 from domainclust.descriptors import compute_descriptors
-from domainclust.device import limit_cpu_threads, resolve_device
+from domainclust.device import available_cores, limit_cpu_threads, resolve_device
 from domainclust.errors import DomainclustError
 from domainclust.extract import extract_features
 from domainclust.kmeans import kmeans
@@ -72,6 +72,14 @@ def cluster_descriptors(
 def build_optimizer(model: DeepClusterNet, config: Config, params: Any) -> torch.optim.SGD:
     t = config.train
     return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
+def loader_workers(config: Config, device: torch.device) -> int:
+    """Augmentation runs in the main process on CPU (workers would steal the compute cores);
+    with a GPU, worker processes keep it fed."""
+    if config.data.workers is not None:
+        return config.data.workers
+    return min(8, available_cores() - 1) if device.type == "cuda" else 0
 
 
 def train_one_epoch(
@@ -247,7 +255,7 @@ def run_epoch(
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=t.batch_size,
         sampler=ClusterUniformSampler(labels, n_draws=n_draws, seed=seed),
-        num_workers=config.data.workers, worker_init_fn=seed_worker,
+        num_workers=loader_workers(config, device), worker_init_fn=seed_worker,
         pin_memory=device.type == "cuda", persistent_workers=False,
     )
     record["loss"] = train_one_epoch(model, loader, optimizer=optimizer,

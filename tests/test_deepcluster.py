@@ -99,9 +99,9 @@ def test_a_finished_run_can_be_extended(uninterrupted, mnist_store, tmp_path) ->
     assert history[1]["nmi_prev"] is not None
 
 
-def test_pic_clustering_trains(mnist_store, tmp_path) -> None:
+def test_pic_clustering_trains_with_loader_workers(mnist_store, tmp_path) -> None:
     history = deepcluster.pretrain(
-        config(mnist_store, "clustering=pic", "epochs=1", "lr=0.05"), tmp_path / "pic",
+        config(mnist_store, "clustering=pic", "epochs=1", "lr=0.05", "workers=2"), tmp_path / "pic",
         progress=False, log=lambda _: None)
     assert history[0]["n_clusters"] > 1 and history[0]["cluster_size_min"] >= 2
 
