@@ -111,11 +111,14 @@ def run_ingest(
     skipped: dict[str, str] = dict(state.get("skipped", {}))  # key → reason
     dropped = int(state.get("tiles_dropped", 0))
     source_index = {key: i for i, key in enumerate(keys)}
-    todo = [item for item in items if item.key not in done and item.key not in skipped]
+    # Skipped items are retried on a re-run: the cause (a missing decoder, a file being copied)
+    # may have been fixed since.
+    todo = [item for item in items if item.key not in done]
 
     with tqdm(total=len(items), initial=len(items) - len(todo), desc="ingest", unit="item",
               disable=not progress) as bar:
         for item, result in _results(adapter, todo, options, workers):
+            skipped.pop(item.key, None)
             if isinstance(result, str):
                 skipped[item.key] = result
                 batch = TileBatch(tiles=np.zeros((0, *writer.group["tiles"].shape[1:]),

@@ -143,6 +143,12 @@ class TileStoreWriter:
                 "this store " + ("needs labels for every batch" if has_labels else "has no labels")
             )
         meta_group = self.group["meta"]
+        existing = set(meta_group.array_keys())
+        if n and existing and set(meta or {}) != existing:
+            raise DomainclustError(
+                f"every batch must carry the same meta arrays: stored {sorted(existing)}, "
+                f"got {sorted(meta or {})}"
+            )
         for name, values in (meta or {}).items():
             values = np.asarray(values)
             if len(values) != n:

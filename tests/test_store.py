@@ -89,3 +89,10 @@ def test_attributes_hold_the_declared_spec(tmp_path) -> None:
     attrs = json.loads((tmp_path / "s.zarr" / "zarr.json").read_text())["attributes"]
     assert attrs["channels"] == ["a", "b"] and attrs["scale"] == [0.5, 2.0]
     assert attrs["provenance"] == {"made_by": "tests"} and attrs["format_version"] == 1
+
+
+def test_a_batch_missing_a_meta_array_is_refused(tmp_path) -> None:
+    w = TileStoreWriter(tmp_path / "s.zarr", spec())
+    w.append(tiles(0, 2), meta={"position": np.zeros((2, 2), np.int64)})
+    with pytest.raises(DomainclustError, match="same meta arrays"):
+        w.append(tiles(2, 2))
