@@ -1,9 +1,23 @@
-"""domainclust: DeepCluster self-supervised pretraining on unlabeled domain imagery."""
+"""domainclust: DeepCluster self-supervised pretraining on unlabeled domain imagery.
 
-from domainclust.config import Config
-from domainclust.deepcluster import pretrain
+Heavy modules (torch, the training loop) load on first use, so ingest workers that only need
+the store start quickly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
 from domainclust.errors import DomainclustError
 from domainclust.store import StoreSpec, TileStore, TileStoreWriter
 
-__all__ = ["Config", "DomainclustError", "StoreSpec", "TileStore", "TileStoreWriter", "pretrain"]
+__all__ = ["DomainclustError", "StoreSpec", "TileStore", "TileStoreWriter", "pretrain"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "pretrain":
+        from domainclust.deepcluster import pretrain
+
+        return pretrain
+    raise AttributeError(f"module 'domainclust' has no attribute {name!r}")

@@ -178,8 +178,19 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise DomainclustError(f"--set {item}: '{part}' is not a section")
-        node[path[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        node[path[-1]] = parse_value(raw)
     return values
+
+
+def parse_value(raw: str) -> Any:
+    """A `--set` value as a YAML scalar/list (`3`, `0.1`, `[1, 2]`, `null`); text that is not
+    valid YAML (`{stem}_labels.tif`) stays a string."""
+    if not raw.strip():
+        return None
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
 
 
 def _deep_copy(values: dict[str, Any]) -> dict[str, Any]:

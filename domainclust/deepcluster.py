@@ -238,7 +238,9 @@ def run_epoch(
         "nmi_prev": nmi_on_common(*previous, subset, labels) if previous else None,
     }
     if store.has_labels:
-        record["nmi_labels"] = nmi(store.labels[subset], labels)
+        truth = store.labels[subset]
+        known = truth >= 0  # adapters mark tiles without a label as -1
+        record["nmi_labels"] = nmi(truth[known], labels[known]) if known.sum() > 1 else None
     lap("cluster")
 
     t = config.train

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from domainclust.errors import DomainclustError
-from domainclust.rundir import atomic_write_text
+from domainclust.atomic import atomic_write_text
 from domainclust.store import StoreSpec, TileStoreWriter
 
 REPORT_NAME = "ingest_report.json"
@@ -42,6 +42,8 @@ class TileBatch:
     labels: np.ndarray | None = None
     meta: dict[str, np.ndarray] = field(default_factory=dict)
     skipped_tiles: int = 0  # tiles dropped inside the item (background, nodata), for the report
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)  # (name, reason) of
+    # files that failed inside an item that groups several files
 
 
 class Skip(Exception):
@@ -109,31 +111,37 @@ def run_ingest(
     state = writer.state
     done: dict[str, int] = dict(state.get("done", {}))  # key → tiles written
     skipped: dict[str, str] = dict(state.get("skipped", {}))  # key → reason
+    skipped_files: dict[str, list] = dict(state.get("skipped_files", {}))  # key → [[name, why]]
     dropped = int(state.get("tiles_dropped", 0))
     source_index = {key: i for i, key in enumerate(keys)}
     # Skipped items are retried on a re-run: the cause (a missing decoder, a file being copied)
     # may have been fixed since.
     todo = [item for item in items if item.key not in done]
+    empty = np.zeros((0, *writer.group["tiles"].shape[1:]), dtype=writer.spec.dtype)
+    empty_labels = np.zeros(0, dtype=np.int64) if with_labels else None
 
     with tqdm(total=len(items), initial=len(items) - len(todo), desc="ingest", unit="item",
               disable=not progress) as bar:
         for item, result in _results(adapter, todo, options, workers):
             skipped.pop(item.key, None)
+            skipped_files.pop(item.key, None)
             if isinstance(result, str):
                 skipped[item.key] = result
-                batch = TileBatch(tiles=np.zeros((0, *writer.group["tiles"].shape[1:]),
-                                                 dtype=writer.spec.dtype))
-                if with_labels:
-                    batch.labels = np.zeros(0, dtype=np.int64)
+                result = TileBatch(tiles=np.zeros(0))
             else:
-                batch = result
-                done[item.key] = len(batch.tiles)
-                dropped += batch.skipped_tiles
-            n = len(batch.tiles)
-            meta = {"source": np.full(n, source_index[item.key], dtype=np.int32), **batch.meta}
-            writer.append(batch.tiles, labels=batch.labels, meta=meta if n else None, state={
-                "done": done, "skipped": skipped, "tiles_dropped": dropped,
-            })
+                done[item.key] = len(result.tiles)
+                dropped += result.skipped_tiles
+                if result.skipped_files:
+                    skipped_files[item.key] = [list(f) for f in result.skipped_files]
+            n = len(result.tiles)
+            state = {"done": done, "skipped": skipped, "skipped_files": skipped_files,
+                     "tiles_dropped": dropped}
+            if n:
+                meta = {"source": np.full(n, source_index[item.key], dtype=np.int32),
+                        **result.meta}
+                writer.append(result.tiles, labels=result.labels, meta=meta, state=state)
+            else:  # nothing usable in the item: commit only the bookkeeping
+                writer.append(empty, labels=empty_labels, state=state)
             bar.update(1)
             bar.set_postfix(tiles=writer.count, skipped=len(skipped), refresh=False)
 
@@ -142,7 +150,12 @@ def run_ingest(
         "items_read": len(done),
         "tiles_written": writer.count,
         "tiles_dropped": dropped,
-        "skipped": [{"item": key, "reason": reason} for key, reason in sorted(skipped.items())],
+        "skipped": sorted(
+            [{"item": key, "reason": reason} for key, reason in skipped.items()]
+            + [{"item": name, "reason": reason}
+               for files in skipped_files.values() for name, reason in files],
+            key=lambda s: s["item"],
+        ),
     }
     writer.finish(sources=keys, ingest_report=report)
     atomic_write_text(Path(out) / REPORT_NAME, json.dumps(report, indent=2))

@@ -11,9 +11,7 @@ from importlib import metadata, resources
 from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
-
-from domainclust.config import load_yaml
+from domainclust.config import load_yaml, parse_value
 from domainclust.errors import DomainclustError
 
 ENTRY_POINT_GROUP = "domainclust.modalities"
@@ -58,7 +56,7 @@ def ingest_options(modality: Modality, overrides: list[str]) -> dict[str, Any]:
             raise DomainclustError(
                 f"--set {item}: the {modality.name} adapter's options are: {known}"
             )
-        options[key] = yaml.safe_load(raw) if raw.strip() else None
+        options[key] = parse_value(raw)
     return options
 
 

@@ -20,18 +20,21 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
-import torch
 import zarr
 from zarr.codecs import BloscCodec
 
 from domainclust.errors import DomainclustError
 
+if TYPE_CHECKING:
+    import torch
+
 FORMAT_VERSION = 1
 STORAGE_DTYPES = ("uint8", "uint16", "float16")
 TARGET_CHUNK_BYTES = 2 << 20  # a chunk of ~2 MiB amortises zarr's per-chunk cost
+META_CHUNK = 4096  # rows per labels/meta chunk: appends rewrite the last chunk, keep it small
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ class TileStoreWriter:
                 compressors=codec,
             )
             if with_labels:
-                self.group.create_array("labels", shape=(0,), chunks=(65536,), dtype="int64")
+                self.group.create_array("labels", shape=(0,), chunks=(META_CHUNK,), dtype="int64")
             self.group.require_group("meta")
             self.group.attrs.update({**spec.attrs(), "count": 0, "complete": False, "state": {}})
 
@@ -158,7 +161,7 @@ class TileStoreWriter:
                     raise DomainclustError(f"meta '{name}' must be given from the first batch on")
                 meta_group.create_array(
                     name, shape=(0, *values.shape[1:]),
-                    chunks=(65536, *values.shape[1:]), dtype=values.dtype,
+                    chunks=(META_CHUNK, *values.shape[1:]), dtype=values.dtype,
                 )
         if n:
             self.group["tiles"].append(tiles, axis=0)
@@ -286,6 +289,8 @@ class TileStore:
 
     def to_float(self, tiles: torch.Tensor) -> torch.Tensor:
         """Storage dtype → float32 through the store's per-channel scale/offset."""
+        import torch  # not at module level: ingest workers import this module without torch
+
         scale = torch.as_tensor(self._scale, device=tiles.device).view(1, -1, 1, 1)
         offset = torch.as_tensor(self._offset, device=tiles.device).view(1, -1, 1, 1)
         return tiles.float() * scale + offset

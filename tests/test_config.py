@@ -30,6 +30,11 @@ def test_unknown_keys_and_wrong_types_are_named() -> None:
         cfg.resolve(overrides=["k"])
 
 
+def test_values_that_are_not_yaml_stay_strings() -> None:
+    c = cfg.resolve(overrides=["store={stem}.zarr", "model.raw_channels=[depth]"])
+    assert c.data.store == "{stem}.zarr" and c.model.raw_channels == ["depth"]
+
+
 def test_yaml_roundtrip_and_differences() -> None:
     c = cfg.resolve(overrides=["k=9"])
     again = cfg.from_dict(__import__("yaml").safe_load(cfg.dump_yaml(c)))

@@ -1,0 +1,156 @@
+"""Work items for the image adapters: typed options, files grouped into items, per-file skips.
+
+Items group several files (`group_size`) so that the engine's per-item cost (one commit per
+item) stays small next to decoding. A file that fails inside a group is returned in the
+batch's `skipped_files`, so the engine's report lists every unusable file with its reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import types
+import typing
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from domainclust.errors import DomainclustError
+from domainclust.ingest import Skip, SourceItem, TileBatch
+
+T = TypeVar("T")
+K = TypeVar("K")
+
+
+def parse_options(cls: type[T], options: Mapping[str, Any], *, modality: str) -> T:
+    """Build the options dataclass `cls`, checking every value against its declared type."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise DomainclustError(
+            f"unknown {modality} option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+        )
+    values = {k: _check(v, hints[k], f"{modality} option {k}") for k, v in options.items()
+              if k in names}
+    return cls(**values)
+
+
+def _check(value: Any, hint: Any, what: str) -> Any:
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (
+        typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for kind in allowed:
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind in (str, bool) and isinstance(value, kind):
+            return value
+    names = " or ".join("null" if k is type(None) else k.__name__ for k in allowed)
+    raise DomainclustError(f"{what}: expected {names}, got {value!r}")
+
+
+def positive(value: int, what: str) -> None:
+    if value < 1:
+        raise DomainclustError(f"{what} must be at least 1, got {value}")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tile's worth of input: an image (rgb) or an RGB/depth pair (rgbd)."""
+
+    name: str  # shown in reports: source folder name / path inside it
+    paths: tuple[Path, ...]
+    label: int | None = None
+    label_name: str | None = None  # class name behind `label`, recorded in the store
+
+
+def root_names(roots: Sequence[Path]) -> list[str]:
+    """Short, distinct names for source roots (their folder name, numbered if names repeat)."""
+    names = [r.name or str(r) for r in roots]
+    return [n if names.count(n) == 1 else f"{n}~{i}" for i, n in enumerate(names)]
+
+
+def group_entries(entries: Sequence[Entry], *, group_size: int) -> list[SourceItem]:
+    """Consecutive entries in groups of `group_size`; a key names its first entry, the count,
+    and a digest of every name, so a changed group never passes for a finished one."""
+    items = []
+    for start in range(0, len(entries), group_size):
+        group = entries[start:start + group_size]
+        names = [e.name for e in group]
+        digest = hashlib.sha1("\n".join(names).encode()).hexdigest()[:8]
+        key = f"{names[0]}+{len(group) - 1}#{digest}" if len(group) > 1 else names[0]
+        labelled = group[0].label is not None
+        items.append(SourceItem(
+            key=key, paths=[p for e in group for p in e.paths],
+            info={"names": names, "width": len(group[0].paths),
+                  "labels": [e.label for e in group] if labelled else None,
+                  "label_names": [e.label_name for e in group] if labelled else None},
+        ))
+    return items
+
+
+def number_labels(names: Mapping[K, str]) -> dict[K, tuple[int, str]]:
+    """(label, class name) per key: non-negative integer labels are kept as they are, names
+    are numbered in sorted order."""
+    values = set(names.values())
+    if all(v.isdigit() for v in values):
+        return {k: (int(v), str(int(v))) for k, v in names.items()}
+    index = {c: i for i, c in enumerate(sorted(values))}
+    return {k: (index[v], v) for k, v in names.items()}
+
+
+def class_names(items: Sequence[SourceItem]) -> list[str] | None:
+    """Class names by label index, when labels came from names (folders, CSV names)."""
+    names: dict[int, str] = {}
+    for item in items:
+        labels, label_names = item.info.get("labels") or (), item.info.get("label_names") or ()
+        names.update(zip(labels, label_names, strict=True))
+    if not names or all(name == str(label) for label, name in names.items()):
+        return None
+    return [names.get(i, "") for i in range(max(names) + 1)]
+
+
+def skipped_item(name: str, reason: str) -> SourceItem:
+    """An item that is only there to be reported: `read` raises Skip with `reason`."""
+    return SourceItem(key=name, paths=[], info={"skip": reason})
+
+
+def entries_of(item: SourceItem) -> Iterator[tuple[int, str, tuple[Path, ...]]]:
+    """(index in item, name, paths) of every entry of a grouped item; raises Skip for a
+    report-only item."""
+    if "skip" in item.info:
+        raise Skip(item.info["skip"])
+    width = item.info["width"]
+    for i, name in enumerate(item.info["names"]):
+        yield i, name, tuple(item.paths[i * width:(i + 1) * width])
+
+
+def finish_batch(
+    item: SourceItem,
+    options: Mapping[str, Any],
+    *,
+    tiles: list[np.ndarray],
+    kept: list[int],
+    meta: dict[str, np.ndarray],
+    failed: list[tuple[str, str]],
+    dtype: str,
+) -> TileBatch:
+    """The item's TileBatch; records the files that failed, or skips the item if all did."""
+    if not tiles and len(item.info["names"]) == 1:
+        raise Skip(failed[0][1])
+    if not tiles:  # the engine commits the item with no tiles and reports every file
+        return TileBatch(tiles=np.zeros(0), skipped_files=failed)
+    labels = item.info.get("labels")
+    return TileBatch(
+        tiles=np.stack(tiles).astype(dtype, copy=False),
+        labels=None if labels is None else np.asarray([labels[i] for i in kept], np.int64),
+        meta=meta,
+        skipped_tiles=len(failed),
+        skipped_files=failed,
+    )

@@ -1,0 +1,294 @@
+"""The part of the CT and MR adapters that is the same for both.
+
+`MedicalAdapter` implements the ingest `Adapter` protocol: discovery walks the sources for
+DICOM files (grouped into series) and NIfTI files; `read` turns one item into a volume, resamples
+it in-plane, drops background tiles and gathers 2-D tiles or 2.5-D slabs. What differs between
+CT and MR (intensity scaling, background, channels) is an `Encoder` the subclass provides.
+
+Per-tile geometry goes to meta arrays: `position` (slice index, row, column of the tile's
+top-left pixel, in the resampled slice), `slice_position` (mm along the slice normal),
+`spacing` (slice step, row, column in mm) and `volume` (index within a 4-D NIfTI).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from domainclust.errors import DomainclustError
+from domainclust.ingest import Skip, SourceItem, TileBatch
+from domainclust.store import StoreSpec
+from modalities._medical_dicom import group_series, load_multiframe, load_series
+from modalities._medical_nifti import is_nifti, load_nifti
+from modalities._medical_tiles import (
+    gather_tiles,
+    pad_to_tile,
+    resample_inplane,
+    select_tiles,
+    slab_indices,
+)
+from modalities._medical_volume import Volume, display_name, hashed
+
+# Sidecars that sit next to images (BIDS JSON, notes); not reported as unreadable files.
+IGNORED_SUFFIXES = {".json", ".txt", ".tsv", ".csv", ".md", ".bval", ".bvec", ".xml", ".log"}
+ENCODE_CHUNK = 512  # tiles converted at a time: bounds the float32 working copy
+
+COMMON_DEFAULTS: dict[str, Any] = {
+    "tile_size": 64,  # px, after resampling
+    "stride": None,  # px between tile origins; None = tile_size (no overlap)
+    "spacing": 1.0,  # target in-plane pixel size in mm; None keeps each series' own
+    "slab": 1,  # odd: slices stacked as channels around each centre slice (2.5-D)
+    "slice_stride": 1,  # use every n-th slice as a centre slice
+    "max_background": 0.5,  # drop tiles whose background fraction is larger
+    "irregular": "skip",  # skip | keep (slabs then span the gaps): missing/irregular slices
+    "spacing_tolerance": 0.1,  # relative deviation of a slice step still called regular
+    "max_volumes": 1,  # 4-D NIfTI: how many volumes (time points) to use
+    "salt": "domainclust",  # mixed into the hashed item keys; set your own to unlink them
+    "report_paths": False,  # name bad files by path (may reveal names) instead of a hash
+}
+
+
+@dataclass(frozen=True)
+class TileOptions:
+    """Validated common ingest options (see COMMON_DEFAULTS for their meaning)."""
+
+    tile_size: int
+    stride: int
+    spacing: float | None
+    slab: int
+    slice_stride: int
+    max_background: float
+    irregular: str
+    spacing_tolerance: float
+    max_volumes: int
+    salt: str
+    report_paths: bool
+
+
+def _number(options: dict[str, Any], key: str, kind: type, *, minimum: float,
+            maximum: float | None = None) -> Any:
+    value = options.get(key)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        ok = ok and float(value).is_integer()
+    if not ok or value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+        what = "an integer" if kind is int else "a number"
+        raise DomainclustError(f"--set {key}={value!r}: expected {what} {bound}")
+    return kind(value)
+
+
+def parse_common(options: dict[str, Any]) -> TileOptions:
+    merged = {**COMMON_DEFAULTS, **options}
+    tile = _number(merged, "tile_size", int, minimum=32)  # the backbones' minimum
+    stride = tile if merged["stride"] is None else _number(merged, "stride", int, minimum=1)
+    spacing = None if merged["spacing"] is None else _number(merged, "spacing", float, minimum=1e-3)
+    slab = _number(merged, "slab", int, minimum=1)
+    if slab % 2 == 0:
+        raise DomainclustError(f"--set slab={slab}: the slab must be odd (centre slice ± n)")
+    if merged["irregular"] not in ("skip", "keep"):
+        raise DomainclustError(f"--set irregular={merged['irregular']!r}: use skip or keep")
+    if not isinstance(merged["report_paths"], bool):
+        raise DomainclustError("--set report_paths: use true or false")
+    return TileOptions(
+        tile_size=tile, stride=stride, spacing=spacing, slab=slab,
+        slice_stride=_number(merged, "slice_stride", int, minimum=1),
+        max_background=_number(merged, "max_background", float, minimum=0.0, maximum=1.0),
+        irregular=merged["irregular"],
+        spacing_tolerance=_number(merged, "spacing_tolerance", float, minimum=0.0),
+        max_volumes=_number(merged, "max_volumes", int, minimum=1),
+        salt=str(merged["salt"]), report_paths=merged["report_paths"],
+    )
+
+
+class Encoder(Protocol):
+    """Intensity handling of one volume, fitted to it."""
+
+    fill: float  # value padding takes (it also counts as background)
+
+    def background(self, values: np.ndarray) -> np.ndarray:
+        """Boolean mask of background voxels (air, padding outside the body)."""
+
+    def encode(self, raw: np.ndarray) -> np.ndarray:
+        """(n, slab, t, t) float32 → (n, channels, t, t) uint8."""
+
+
+def expand_sources(sources: list[Path]) -> list[tuple[Path, list[Path]]]:
+    """Each source with the files it holds (a file is its own source), sorted."""
+    out = []
+    for source in sources:
+        if not source.exists():
+            raise DomainclustError(f"source {source} does not exist")
+        if source.is_file():
+            out.append((source.parent, [source]))
+            continue
+        files = sorted(
+            p for p in source.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(source).parts)
+            and p.suffix.lower() not in IGNORED_SUFFIXES
+        )
+        out.append((source, files))
+    return out
+
+
+def _limit_threads_in_worker() -> None:
+    # Reader processes each get a core; torch's default thread pool would oversubscribe them.
+    if multiprocessing.parent_process() is not None and torch.get_num_threads() > 1:
+        torch.set_num_threads(1)
+
+
+class MedicalAdapter:
+    """Common discover/spec/read; subclasses set the class attributes and the encoder."""
+
+    name: str = ""
+    dicom_modality: str = ""  # the DICOM Modality this adapter accepts
+    hounsfield: bool = False  # apply the modality LUT (HU) to every slice
+
+    # -- what a subclass provides -------------------------------------------------------
+    def parse(self, options: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def slice_channels(self, opts: Any) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def scale_offset(self, opts: Any) -> tuple[float, float]:
+        raise NotImplementedError
+
+    def encoder(self, volume: Volume, values: np.ndarray, opts: Any, name: str) -> Encoder:
+        raise NotImplementedError
+
+    # -- Adapter protocol ----------------------------------------------------------------
+    def discover(self, sources: list[Path], options: dict[str, Any]) -> list[SourceItem]:
+        opts = self.parse(options)
+        found = expand_sources([Path(s) for s in sources])
+        if not any(files for _, files in found):
+            return []  # the engine reports the empty sources by name
+        items: list[SourceItem] = []
+        names: dict[Path, str] = {}  # resolved path → how reports name it
+        for i, (root, files) in enumerate(found):
+            if not files:
+                items.append(SourceItem(
+                    key=f"empty-{hashed(opts.salt, str(root.resolve()))}", paths=[root],
+                    info={"skip": f"source #{i + 1} is an empty folder"}))
+            for path in files:
+                names.setdefault(path.resolve(), display_name(
+                    path, root=root, salt=opts.salt, report_paths=opts.report_paths))
+        for path in (p for p in names if is_nifti(p)):
+            items.append(SourceItem(key=f"nifti-{hashed(opts.salt, str(path))}", paths=[path],
+                                    info={"kind": "nifti", "names": [names[path]]}))
+        # Series are grouped across all sources: one series may be given file by file.
+        items += group_series([p for p in names if not is_nifti(p)],
+                              expected=self.dicom_modality, adapter=self.name,
+                              salt=opts.salt, name_of=names.__getitem__)
+        unique = {item.key: item for item in items}  # e.g. one empty folder given twice
+        return sorted(unique.values(), key=lambda item: item.key)
+
+    def spec(self, items: list[SourceItem], options: dict[str, Any]) -> StoreSpec:
+        opts = self.parse(options)
+        channels = self.channel_names(opts)
+        scale, offset = self.scale_offset(opts)
+        public = {k: v for k, v in asdict(opts).items() if k != "salt"}
+        return StoreSpec(
+            modality=self.name, channels=channels, tile_size=opts.tile_size, dtype="uint8",
+            scale=(scale,) * len(channels), offset=(offset,) * len(channels),
+            provenance={
+                "adapter": self.name,
+                "options": _jsonable(public),
+                "versions": {p: _version(p) for p in ("pydicom", "nibabel", "monai")},
+                "meta": {
+                    "position": "(slice index, row, column) of the tile origin, resampled pixels",
+                    "slice_position": "mm along the slice normal",
+                    "spacing": "(slice step, row, column) in mm after resampling",
+                    "volume": "volume index within a 4-D NIfTI (0 otherwise)",
+                },
+            },
+        )
+
+    def has_labels(self, items: list[SourceItem], options: dict[str, Any]) -> bool:
+        return False
+
+    def read(self, item: SourceItem, options: dict[str, Any]) -> TileBatch:
+        if "skip" in item.info:
+            raise Skip(item.info["skip"])
+        _limit_threads_in_worker()
+        opts = self.parse(options)
+        names = item.info["names"]
+        common = {"hounsfield": self.hounsfield, "tolerance": opts.spacing_tolerance,
+                  "irregular": opts.irregular}
+        kind = item.info["kind"]
+        if kind == "nifti":
+            volumes = load_nifti(item.paths[0], names[0], max_volumes=opts.max_volumes)
+        elif kind == "dicom-frames":
+            volumes = [load_multiframe(item.paths[0], names[0], **common)]
+        else:
+            volumes = [load_series(item.paths, names, **common)]
+        parts = [self.tile_volume(v, opts, volume_index=i, name=names[0])
+                 for i, v in enumerate(volumes)]
+        return _concat(parts)
+
+    # -- shared steps ------------------------------------------------------------------------
+    def channel_names(self, opts: Any) -> tuple[str, ...]:
+        per_slice = self.slice_channels(opts)
+        if opts.slab == 1:
+            return per_slice
+        offsets = range(-(opts.slab // 2), opts.slab // 2 + 1)
+        return tuple(f"{c}_z{o:+d}" for c in per_slice for o in offsets)
+
+    def tile_volume(self, volume: Volume, opts: Any, *, volume_index: int, name: str) -> TileBatch:
+        """Resample, fit the intensity encoder, drop background tiles, gather and encode."""
+        values, (sy, sx) = resample_inplane(volume.values, spacing_yx=volume.spacing[1:],
+                                            target=opts.spacing)
+        encoder = self.encoder(volume, values, opts, name)
+        background = encoder.background(values)
+        values, background = pad_to_tile(values, background, tile=opts.tile_size,
+                                          fill=encoder.fill)
+        n_slices = len(values)
+        chosen = select_tiles(background, centres=np.arange(0, n_slices, opts.slice_stride),
+                              tile=opts.tile_size, stride=opts.stride,
+                              max_background=opts.max_background)
+        slabs = slab_indices(chosen.z, slab=opts.slab, n_slices=n_slices)
+        n, t = len(chosen.z), opts.tile_size
+        tiles = np.empty((n, len(self.channel_names(opts)), t, t), dtype=np.uint8)
+        for start in range(0, n, ENCODE_CHUNK):
+            part = slice(start, start + ENCODE_CHUNK)
+            raw = gather_tiles(values, slabs=slabs[part], y=chosen.y[part], x=chosen.x[part],
+                               tile=t)
+            tiles[part] = encoder.encode(raw)
+        meta = {
+            "position": np.stack([chosen.z, chosen.y, chosen.x], axis=1).astype(np.int32),
+            "slice_position": volume.slice_positions[chosen.z].astype(np.float32),
+            "spacing": np.tile(np.float32([volume.spacing[0], sy, sx]), (n, 1)),
+            "volume": np.full(n, volume_index, dtype=np.int16),
+        }
+        return TileBatch(tiles=tiles, meta=meta, skipped_tiles=chosen.dropped)
+
+
+def _concat(parts: list[TileBatch]) -> TileBatch:
+    if len(parts) == 1:
+        return parts[0]
+    return TileBatch(
+        tiles=np.concatenate([p.tiles for p in parts]),
+        meta={k: np.concatenate([p.meta[k] for p in parts]) for k in parts[0].meta},
+        skipped_tiles=sum(p.skipped_tiles for p in parts),
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"

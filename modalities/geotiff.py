@@ -1,0 +1,330 @@
+"""The geotiff modality: multi-band satellite scenes (GeoTIFF, or any raster GDAL reads) → tiles.
+
+`discover` finds the scenes, probes each once (CRS, grid, bands, nodata, label raster), checks
+that they share a band layout, samples per-band robust percentiles, and cuts every scene into
+items of at most BLOCK_PX x BLOCK_PX pixels. `read` (in worker processes) does one windowed
+read per item, drops tiles with too much nodata, normalises and packs the rest, and records for
+every tile its scene, pixel offset, CRS and affine transform, so it maps back to the source.
+A file that cannot be used becomes one skipped item whose reason lands in the ingest report.
+
+Label rasters (`labels` option): one path (a raster on the scene's pixel grid), or a rule with
+`{stem}` resolved next to each scene, e.g. `./{stem}_labels.tif` or `../masks/{stem}.tif`.
+Each tile's label is the majority class of its labelled pixels (ties: the smaller class), or
+-1 where the label raster holds only nodata (classes are non-negative integers; negative values
+count as nodata). Files matching the rule are not taken as scenes.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from domainclust.errors import DomainclustError
+from domainclust.ingest import Skip, SourceItem, TileBatch, run_ingest
+from domainclust.modality import Modality
+from domainclust.store import StoreSpec
+from modalities._geo_options import DEFAULTS, BandRequest, GeoOptions, parse_options
+from modalities._geo_scenes import (
+    Scene,
+    SceneError,
+    find_scene_files,
+    gdal_message,
+    probe_scene,
+    read_window,
+    scene_has_valid_pixel,
+    tile_grid,
+    valid_pixels,
+)
+from modalities._geo_stats import Normalisation, choose_normalisation, robust_range, sample_pixels
+
+BLOCK_PX = 1024  # an item's window: ~54 MB as float32 for 13 bands, and few commits per scene
+SENTINEL2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10",
+                   "B11", "B12")
+META_DOC = {
+    "scene": "index into provenance.scenes",
+    "position": "(row, col) pixel offset of the tile's top-left corner in its scene",
+    "crs": "index into provenance.crs",
+    "transform": "affine (a, b, c, d, e, f) of the tile: x = a*col + b*row + c, "
+                 "y = d*col + e*row + f for tile pixel (row, col)",
+    "valid_fraction": "fraction of the tile's pixels that are not nodata",
+}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What every item of one ingest shares: channel names and the normalisation."""
+
+    channels: tuple[str, ...]
+    norm: Normalisation
+    percentiles: tuple[float, float]
+    sample_windows: int
+    sample_pixels: int
+
+
+class GeoTiffAdapter:
+    """The `Adapter` of domainclust.ingest for georeferenced multi-band rasters (stateless)."""
+
+    def discover(self, sources: list[Path], options: dict[str, Any]) -> list[SourceItem]:
+        opts = parse_options(options)
+        files = find_scene_files(sources, labels=opts.labels)
+        if not files:
+            raise DomainclustError("no scenes given; pass GeoTIFF files or folders holding them")
+        usable, problems, layout = survey(files, opts)
+        crs_index = {crs: i for i, crs in enumerate(crs_table(usable))}
+        by_index = {s.index: s for s in usable}
+        items: list[SourceItem] = []
+        for i, path in enumerate(files):
+            if i in problems:
+                items.append(SourceItem(key=str(path), paths=[path],
+                                        info={"index": i, "error": problems[i]}))
+                continue
+            scene = by_index[i]
+            for block in scene_blocks(scene, tile_size=opts.tile_size, stride=opts.stride):
+                items.append(SourceItem(
+                    key=f"{path}@{block[0] * opts.stride},{block[1] * opts.stride}", paths=[path],
+                    info={"index": i, "scene": scene, "layout": layout, "block": block,
+                          "crs": crs_index[scene.crs]},
+                ))
+        return items
+
+    def spec(self, items: list[SourceItem], options: dict[str, Any]) -> StoreSpec:
+        opts = parse_options(options)
+        good = [it for it in items if "scene" in it.info]
+        layout: Layout = good[0].info["layout"]
+        scenes = {it.info["scene"].index: it.info["scene"] for it in good}
+        paths = {it.info["index"]: str(it.paths[0]) for it in items}
+        scale, offset = layout.norm.scale_offset()
+        provenance = {
+            "adapter": "geotiff",
+            "scenes": [paths[i] for i in sorted(paths)],
+            "crs": crs_table([scenes[i] for i in sorted(scenes)]),
+            "band_indexes": [list(scenes[i].bands) if i in scenes else None for i in sorted(paths)],
+            "nodata_values": [_json_values(scenes[i].nodata) if i in scenes else None
+                              for i in sorted(paths)],
+            "statistics": {
+                "percentiles": list(layout.percentiles),
+                "low": list(layout.norm.low), "high": list(layout.norm.high),
+                "windows": layout.sample_windows, "pixels": layout.sample_pixels,
+                "note": "per band over valid pixels of a seeded sample of tile windows",
+            },
+            "normalisation": "float = (value - low) / (high - low) per channel",
+            "storage": "lossless source integers" if layout.norm.raw else "quantised stretch",
+            "stretch_range": [list(r) for r in layout.norm.stretch],
+            "nodata": opts.nodata, "max_nodata": opts.max_nodata,
+            "tile_size": opts.tile_size, "stride": opts.stride, "labels": opts.labels,
+            "meta": META_DOC,
+        }
+        return StoreSpec(modality="geotiff", channels=layout.channels, tile_size=opts.tile_size,
+                         dtype=opts.dtype, scale=scale, offset=offset, provenance=provenance)
+
+    def has_labels(self, items: list[SourceItem], options: dict[str, Any]) -> bool:
+        return parse_options(options).labels is not None
+
+    def read(self, item: SourceItem, options: dict[str, Any]) -> TileBatch:
+        if "error" in item.info:
+            raise Skip(item.info["error"])
+        opts = parse_options(options)
+        scene: Scene = item.info["scene"]
+        layout: Layout = item.info["layout"]
+        row0, col0, n_rows, n_cols = item.info["block"]
+        t, s = opts.tile_size, opts.stride
+        window = Window(col0 * s, row0 * s, (n_cols - 1) * s + t, (n_rows - 1) * s + t)
+        try:
+            with rasterio.open(scene.path) as src:
+                data, valid = read_window(src, scene, window)
+            label_px = _read_labels(scene.labels, window) if scene.labels else None
+        except RasterioError as exc:
+            raise Skip(f"cannot read rows {window.row_off}-{window.row_off + window.height}, "
+                       f"cols {window.col_off}-{window.col_off + window.width}: "
+                       f"{gdal_message(exc)}") from None
+        offsets = [(r * s, c * s) for r in range(n_rows) for c in range(n_cols)]
+        fractions = np.array([valid[r:r + t, c:c + t].mean() for r, c in offsets])
+        keep = np.flatnonzero((fractions > 0) & (1.0 - fractions <= opts.max_nodata + 1e-9))
+        kept = [offsets[k] for k in keep]
+        tiles = np.stack([data[:, r:r + t, c:c + t] for r, c in kept]) if kept else (
+            np.zeros((0, data.shape[0], t, t), data.dtype))
+        masks = np.stack([valid[r:r + t, c:c + t] for r, c in kept]) if kept else (
+            np.zeros((0, t, t), bool))
+        position = np.array([(window.row_off + r, window.col_off + c) for r, c in kept],
+                            dtype=np.int64).reshape(-1, 2)
+        return TileBatch(
+            tiles=layout.norm.quantise(tiles, masks),
+            labels=None if label_px is None else majority_labels(label_px, kept, tile_size=t),
+            meta={
+                "scene": np.full(len(kept), scene.index, dtype=np.int32),
+                "position": position,
+                "crs": np.full(len(kept), item.info["crs"], dtype=np.int32),
+                "transform": tile_transforms(scene.transform, position),
+                "valid_fraction": fractions[keep].astype(np.float32),
+            },
+            skipped_tiles=len(offsets) - len(kept),
+        )
+
+
+def survey(files: list[Path], opts: GeoOptions) -> tuple[list[Scene], dict[int, str], Layout]:
+    """Usable scenes, why each other file is left out, and the layout (bands, statistics)."""
+    scenes, problems = _probe_all(files, opts)
+    channels, mismatched = band_layout([s for s in scenes if s.index not in problems], opts.bands)
+    problems.update(mismatched)
+    usable = [s for s in scenes if s.index not in problems]
+    sample = sample_pixels(usable, tile_size=opts.tile_size, stride=opts.stride,
+                           windows=opts.stats_windows, pixels=opts.stats_pixels, seed=opts.seed)
+    problems.update(sample.errors)
+    for scene in usable:
+        # Nothing valid in the sample: prove the scene empty (one band) before skipping it.
+        if scene.index not in problems and sample.valid_per_scene.get(scene.index) == 0:
+            try:
+                empty = not scene_has_valid_pixel(scene)
+            except RasterioError as exc:
+                problems[scene.index] = f"cannot read its pixels ({gdal_message(exc)})"
+                continue
+            if empty:
+                problems[scene.index] = f"all pixels are nodata (nodata {_nodata_text(scene)})"
+    usable = [s for s in usable if s.index not in problems]
+    if not usable:
+        listed = "; ".join(f"{files[i]}: {why}" for i, why in sorted(problems.items()))
+        raise DomainclustError(f"none of the {len(files)} scene(s) can be used: {listed}")
+    if not len(sample.values):
+        raise DomainclustError("the statistics sample found no valid pixel; raise stats_windows")
+    low, high = robust_range(sample.values, opts.percentiles)
+    norm = choose_normalisation(low, high, storage=opts.dtype,
+                                source_dtypes={s.dtype for s in usable},
+                                minimum=sample.minimum, maximum=sample.maximum)
+    layout = Layout(channels=channels, norm=norm, percentiles=opts.percentiles,
+                    sample_windows=sample.windows, sample_pixels=len(sample.values))
+    return usable, problems, layout
+
+
+def _probe_all(files: list[Path], opts: GeoOptions) -> tuple[list[Scene], dict[int, str]]:
+    scenes: list[Scene] = []
+    problems: dict[int, str] = {}
+    for i, path in enumerate(files):
+        try:
+            scene = probe_scene(path, index=i, bands=opts.bands, nodata=opts.nodata,
+                                labels=opts.labels)
+        except SceneError as exc:
+            problems[i] = str(exc)
+            continue
+        rows, cols = tile_grid(scene, tile_size=opts.tile_size, stride=opts.stride)
+        if not rows * cols:
+            problems[i] = (f"is {scene.width}x{scene.height} px, smaller than one "
+                           f"{opts.tile_size} px tile")
+        scenes.append(scene)
+    return scenes, problems
+
+
+def band_layout(
+    scenes: list[Scene], request: BandRequest | None
+) -> tuple[tuple[str, ...], dict[int, str]]:
+    """Channel names, and why each scene whose bands differ from the majority's is left out."""
+    if not scenes:
+        return (), {}
+    ref_n = Counter(len(s.bands) for s in scenes).most_common(1)[0][0]
+    peers = [s for s in scenes if len(s.bands) == ref_n]
+    ref_desc = []
+    for i in range(ref_n):
+        named = Counter(s.descriptions[i] for s in peers if s.descriptions[i])
+        ref_desc.append(named.most_common(1)[0][0] if named else "")
+    problems: dict[int, str] = {}
+    for s in scenes:
+        if len(s.bands) != ref_n:
+            problems[s.index] = (
+                f"has {len(s.bands)} band(s) where {len(peers)} other scene(s) have {ref_n}; "
+                "ingest it into another store, or pick common bands with --set bands=[...]")
+            continue
+        for b, mine, ref in zip(s.bands, s.descriptions, ref_desc):
+            if mine and ref and mine.lower() != ref.lower():
+                problems[s.index] = (
+                    f"band {b} is described {mine!r} where the other scenes' is {ref!r}; "
+                    "select bands by description (--set bands=[...]) or ingest it separately")
+                break
+    first = peers[0].bands
+    names = [
+        request[i] if request and isinstance(request[i], str) else ref_desc[i] or f"band{first[i]}"
+        for i in range(ref_n)
+    ]
+    if len(set(names)) != len(names):
+        names = [f"{n}#{i + 1}" for i, n in enumerate(names)]
+    return tuple(str(n) for n in names), problems
+
+
+def crs_table(scenes: list[Scene]) -> list[str]:
+    """The distinct CRS of `scenes`, in order of first use: meta/crs indexes into it."""
+    return list(dict.fromkeys(s.crs for s in scenes))
+
+
+def scene_blocks(scene: Scene, *, tile_size: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """(first tile row, first tile col, tile rows, tile cols) of each item of a scene."""
+    rows, cols = tile_grid(scene, tile_size=tile_size, stride=stride)
+    step = max(1, (BLOCK_PX - tile_size) // stride + 1)
+    return [(r, c, min(step, rows - r), min(step, cols - c))
+            for r in range(0, rows, step) for c in range(0, cols, step)]
+
+
+def tile_transforms(transform: tuple[float, ...], position: np.ndarray) -> np.ndarray:
+    """(n, 6) affine of each tile: the scene's, shifted to the tile's pixel offset (row, col)."""
+    a, b, c, d, e, f = transform
+    rows, cols = position[:, 0].astype(np.float64), position[:, 1].astype(np.float64)
+    out = np.empty((len(position), 6), dtype=np.float64)
+    out[:, 0], out[:, 1], out[:, 3], out[:, 4] = a, b, d, e
+    out[:, 2] = a * cols + b * rows + c
+    out[:, 5] = d * cols + e * rows + f
+    return out
+
+
+def majority_labels(
+    label_px: np.ndarray, offsets: list[tuple[int, int]], *, tile_size: int
+) -> np.ndarray:
+    """Majority class of each tile's labelled pixels (-1 marks nodata); -1 if none is labelled."""
+    out = np.full(len(offsets), -1, dtype=np.int64)
+    for i, (r, c) in enumerate(offsets):
+        values = label_px[r:r + tile_size, c:c + tile_size]
+        values = values[values >= 0]
+        if values.size:
+            classes, counts = np.unique(values, return_counts=True)
+            out[i] = classes[np.argmax(counts)]
+    return out
+
+
+def _read_labels(path: str, window: Window) -> np.ndarray:
+    """Integer classes in `window` of a label raster; its nodata (and NaN) become -1."""
+    with rasterio.open(path) as lab:
+        values = lab.read(1, window=window)
+        nodata = lab.nodata
+    valid = valid_pixels(values[None], (nodata,))
+    classes = np.rint(np.where(valid, values, -1)).astype(np.int64)
+    classes[classes < 0] = -1
+    return classes
+
+
+def _json_values(values: tuple[float | None, ...]) -> list[float | str | None]:
+    """Nodata values for JSON attrs (which cannot hold NaN)."""
+    return [v if v is None or np.isfinite(v) else str(v) for v in values]
+
+
+def _nodata_text(scene: Scene) -> str:
+    values = {v for v in scene.nodata if v is not None}
+    if scene.gdal_mask:
+        return "from the file's mask"
+    return ", ".join(str(v) for v in sorted(values)) if values else "NaN"
+
+
+MODALITY = Modality(
+    name="geotiff",
+    description="multi-band satellite scenes (GeoTIFF): windowed tiles, per-band robust range, "
+                "nodata-aware, CRS and transform per tile",
+    channels=SENTINEL2_BANDS,
+    tile_size=int(DEFAULTS["tile_size"]),
+    frontend="sobel-per-channel",
+    recipe="geotiff.yaml",
+    ingest=functools.partial(run_ingest, GeoTiffAdapter()),
+    defaults=dict(DEFAULTS),
+)

@@ -1,0 +1,202 @@
+"""The mri adapter on real DICOM/NIfTI files, checked against pydicom/nibabel read directly."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+from medical_data import (
+    MR_SCOUTS,
+    NIBABEL_DATA,
+    SIEMENS_MR,
+    copy_files,
+    grep_store,
+    identifying_strings,
+    ingest,
+    pydicom_file,
+    reasons,
+)
+
+from domainclust.errors import DomainclustError
+from domainclust.modality import get_modality
+from domainclust.store import TileStore
+from modalities._medical_dicom import load_series
+from modalities._medical_nifti import load_nifti
+from modalities.mri import MODALITY
+
+WHOLE = {"spacing": None, "max_background": 1.0}  # native pixels, every tile kept
+
+
+def robust_z(volume: np.ndarray, *, clip: float = 5.0, level: float = 0.05) -> np.ndarray:
+    """The documented normalisation, written out: foreground median/IQR z-score, clipped."""
+    low, high = np.percentile(volume, [0.5, 99.5])
+    foreground = volume[volume > low + level * (high - low)]
+    q25, median, q75 = np.percentile(foreground, [25, 50, 75])
+    return np.clip((volume - median) / ((q75 - q25) / 1.349), -clip, clip)
+
+
+def floats(store: TileStore) -> np.ndarray:
+    return store.to_float(torch.from_numpy(store.read(np.arange(store.n)))).numpy()
+
+
+def failed_report(out: Path) -> dict:
+    return json.loads((out / "ingest_report.json").read_text())
+
+
+def test_modality_is_registered_with_its_recipe() -> None:
+    m = get_modality("mri")
+    assert m.channels == ("mr",) and m.frontend == "sobel" and m.recipe == "mri.yaml"
+    assert m.load_recipe()["modality"] == "mri"
+
+
+def test_robust_zscore_per_volume(tmp_path: Path) -> None:
+    path = pydicom_file("MR_small.dcm")
+    ingest(MODALITY, [path], tmp_path / "s.zarr", **WHOLE)
+    store = TileStore(tmp_path / "s.zarr")
+    assert store.n == 1 and store.channels == ("mr",)
+    assert store.attrs["offset"] == [-5.0] and store.attrs["scale"] == [pytest.approx(10 / 255)]
+    expected = robust_z(pydicom.dcmread(path).pixel_array.astype(np.float64))
+    np.testing.assert_allclose(floats(store)[0, 0], expected, atol=10 / 255 / 2 + 1e-5)
+
+
+def test_percentile_normalisation_maps_to_unit_range(tmp_path: Path) -> None:
+    path = pydicom_file("MR_small.dcm")
+    ingest(MODALITY, [path], tmp_path / "s.zarr", **WHOLE, normalize="percentile")
+    store = TileStore(tmp_path / "s.zarr")
+    pixels = pydicom.dcmread(path).pixel_array.astype(np.float64)
+    low, high = np.percentile(pixels, [0.5, 99.5])
+    expected = np.clip((pixels - low) / (high - low), 0, 1)
+    np.testing.assert_allclose(floats(store)[0, 0], expected, atol=1 / 255 / 2 + 1e-5)
+
+
+def test_siemens_series_order_and_spacing(tmp_path: Path) -> None:
+    ingest(MODALITY, SIEMENS_MR, tmp_path / "s.zarr", **WHOLE)
+    store = TileStore(tmp_path / "s.zarr")
+    datasets = [pydicom.dcmread(p) for p in SIEMENS_MR]
+    iop = np.array(datasets[0].ImageOrientationPatient, dtype=float)
+    normal = np.cross(iop[:3], iop[3:])
+    along = [np.array(ds.ImagePositionPatient, dtype=float) @ normal for ds in datasets]
+    order = np.argsort(along)
+    assert store.n == 2 * 16  # 256 px slices, 64 px tiles
+    np.testing.assert_allclose(sorted(set(store.meta("slice_position").tolist())),
+                               sorted(along), atol=1e-3)
+    np.testing.assert_allclose(store.meta("spacing")[0], [3.0, 1.796875, 1.796875], rtol=1e-4)
+    volume = np.stack([datasets[i].pixel_array for i in order]).astype(np.float64)
+    expected = robust_z(volume)
+    for tile, (z, y, x) in zip(floats(store), store.meta("position")):
+        np.testing.assert_allclose(tile[0], expected[z, y:y + 64, x:x + 64],
+                                   atol=10 / 255 / 2 + 1e-5)
+
+
+def test_common_rescale_is_not_applied_but_a_varying_one_is(tmp_path: Path) -> None:
+    path = pydicom_file("MR2_UNCR.dcm")  # RescaleSlope 3.77: display scaling, not a unit
+    raw = pydicom.dcmread(path).pixel_array
+    volume = load_series([path], ["x"], hounsfield=False, tolerance=0.1, irregular="skip")
+    np.testing.assert_array_equal(volume.values[0], raw)
+    # Two real slices whose rescale differs (edited copy): put on one scale.
+    ds = pydicom.dcmread(pydicom_file("MR_small.dcm"))
+    first, second = tmp_path / "a.dcm", tmp_path / "b.dcm"
+    ds.save_as(first)
+    ds.ImagePositionPatient = [float(v) for v in ds.ImagePositionPatient[:2]] + [
+        float(ds.ImagePositionPatient[2]) + 0.8]
+    ds.RescaleSlope, ds.RescaleIntercept = 2, 0
+    ds.save_as(second)
+    volume = load_series([second, first], ["b", "a"], hounsfield=False, tolerance=0.1,
+                         irregular="skip")
+    np.testing.assert_array_equal(volume.values[1], 2 * volume.values[0])
+
+
+def test_ct_and_scouts_are_skipped_with_reasons(tmp_path: Path) -> None:
+    sources = [pydicom_file("CT_small.dcm"), MR_SCOUTS, pydicom_file("MR_small.dcm")]
+    report = ingest(MODALITY, sources, tmp_path / "s.zarr", **WHOLE)
+    text = reasons(report)
+    assert "series of 1 file(s): modality is CT, the mri adapter reads MR; ingest it with " \
+           "--modality ct" in text
+    assert text.count("slices have different orientations (a localizer or a set of reformats "
+                      "stored as one series?)") == 3
+    assert report["items_read"] == report["items_found"] - 4  # single-slice series are fine
+
+
+def test_nifti_4d_orientation_and_volumes(tmp_path: Path) -> None:
+    path = NIBABEL_DATA / "example4d.nii.gz"
+    image = nib.load(path)
+    canonical = np.asarray(nib.as_closest_canonical(image).dataobj[..., 1], dtype=np.float32)
+    volumes = load_nifti(path, "x", max_volumes=2)
+    assert len(volumes) == 2 and volumes[1].spacing == pytest.approx((2.2, 2.0, 2.0))
+    # Rows run anterior→posterior and columns right→left, as in an axial DICOM slice.
+    for k in (0, 11, 23):
+        np.testing.assert_array_equal(volumes[1].values[k], canonical[::-1, ::-1, k].T)
+    np.testing.assert_allclose(np.diff(volumes[0].slice_positions), 2.2, rtol=1e-5)
+
+    report = ingest(MODALITY, [path], tmp_path / "s.zarr", spacing=None, tile_size=32,
+                    max_volumes=2)
+    store = TileStore(tmp_path / "s.zarr")
+    assert sorted(set(store.meta("volume").tolist())) == [0, 1]
+    assert report["tiles_dropped"] > 0  # slices outside the brain are background
+
+
+def test_broken_nifti_is_skipped_without_a_path(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    original = (NIBABEL_DATA / "anatomical.nii").read_bytes()  # big-endian NIfTI-1
+    for name, offset, value in (("bad_magic", 344, b"xyz\0"),  # not n+1: not NIfTI at all
+                                ("bad_datatype", 70, struct.pack(">h", 999)),
+                                ("bad_dim", 42, struct.pack(">h", -5))):
+        damaged = bytearray(original)
+        damaged[offset:offset + len(value)] = value
+        (tmp_path / "in" / f"{name}.nii").write_bytes(bytes(damaged))
+    data = gzip.decompress((NIBABEL_DATA / "example4d.nii.gz").read_bytes())
+    (tmp_path / "in" / "cut.nii.gz").write_bytes(gzip.compress(data[: len(data) // 3]))
+    with pytest.raises(DomainclustError, match="every item was skipped"):
+        ingest(MODALITY, [tmp_path / "in"], tmp_path / "s.zarr")
+    text = reasons(failed_report(tmp_path / "s.zarr"))
+    assert len(text) == 4 and all("NIfTI" in r for r in text), text
+    assert sum("cannot be read as NIfTI" in r for r in text) == 3  # bad_dim: by its shape
+    assert not any(str(tmp_path) in r or "bad_" in r for r in text)
+
+
+def test_nifti2_epi_and_a_header_only_siemens_file(tmp_path: Path) -> None:
+    header_only = Path(nib.__file__).parent / "nicom" / "tests" / "data" / "csa_slice_norm.dcm"
+    report = ingest(MODALITY, [NIBABEL_DATA / "example_nifti2.nii.gz", header_only],
+                    tmp_path / "s.zarr", spacing=None, tile_size=32, max_background=1.0)
+    store = TileStore(tmp_path / "s.zarr")
+    assert store.n == 12 and report["items_read"] == 1  # 12 slices of 32x20 px, one tile each
+    (reason,) = reasons(report)
+    assert "pixel data of file #" in reason and "cannot be decoded" in reason
+
+
+def test_multiframe_without_geometry_is_skipped(tmp_path: Path) -> None:
+    with pytest.raises(DomainclustError, match="every item was skipped"):
+        ingest(MODALITY, [pydicom_file("emri_small.dcm")], tmp_path / "s.zarr")
+    assert "frames cannot be placed in space" in reasons(failed_report(tmp_path / "s.zarr"))[0]
+
+
+def test_full_size_mr_is_resampled_and_slabs_named(tmp_path: Path) -> None:
+    path = pydicom_file("MR2_UNCR.dcm")  # 1024 px at 0.195 mm
+    report = ingest(MODALITY, [path], tmp_path / "s.zarr", slab=3)
+    store = TileStore(tmp_path / "s.zarr")
+    assert store.channels == ("mr_z-1", "mr_z+0", "mr_z+1")
+    assert store.n + report["tiles_dropped"] == 16  # 200 px at 1 mm: origins 0, 64, 128, 136
+    np.testing.assert_allclose(store.meta("spacing")[0, 1:], 1.0, rtol=0.01)
+    t = store.read(np.arange(store.n))
+    np.testing.assert_array_equal(t[:, 0], t[:, 1])  # one slice: its neighbours repeat it
+
+
+def test_no_patient_identifier_reaches_the_store(tmp_path: Path) -> None:
+    folder = copy_files(SIEMENS_MR + [pydicom_file("MR_small.dcm")], tmp_path / "dft patient")
+    sources = [folder, MR_SCOUTS]
+    files = sorted(folder.iterdir()) + sorted(p for p in MR_SCOUTS.rglob("*") if p.is_file())
+    needles = identifying_strings(files)
+    assert {"19800102", "CompressedSamples", "dft patient name"} <= needles
+    out = tmp_path / "s.zarr"
+    ingest(MODALITY, sources, out)
+    assert TileStore(out).n > 0
+    assert grep_store(out, needles | {"98892003", "dft patient"}) == []
+    shutil.rmtree(folder)
