@@ -107,6 +107,12 @@ class CovarianceAccumulator:
         self.gram64 += self.gram32.double()
         self.gram32.zero_()
 
+    def unflushed_rows(self) -> torch.Tensor | None:
+        """All rows (shifted), when no block has been folded into the covariance yet."""
+        if self.blocks or not self.pending:
+            return None
+        return torch.cat(self.pending)
+
     def finalize(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean (D,) and covariance (D, D) with the unbiased (n-1) normaliser."""
         if self.n < 2:
@@ -121,19 +127,36 @@ class CovarianceAccumulator:
         return (self.shift + mean_shifted), cov
 
 
+def _clip_dim(pca_dim: int, *, n: int, d: int) -> int:
+    limit = min(n - 1, d)
+    if pca_dim > limit:
+        warnings.warn(
+            f"pca_dim={pca_dim} exceeds what {n} features of dimension {d} support; using {limit}",
+            stacklevel=3,
+        )
+    return min(pca_dim, limit)
+
+
+def fit_whitening_from_rows(rows: torch.Tensor, *, pca_dim: int) -> Whitening:
+    """The same whitening from the N×N Gram matrix, for N < D (cheaper than the D×D covariance)."""
+    n, d = rows.shape
+    pca_dim = _clip_dim(pca_dim, n=n, d=d)
+    x = rows.double()
+    mean = x.mean(0)
+    centred = x - mean
+    w, u = torch.linalg.eigh(centred @ centred.T)
+    w, u = w.flip(0)[:pca_dim].clamp_min(0), u.flip(1)[:, :pca_dim]
+    components = centred.T @ u / torch.sqrt(w.clamp_min(EPS))
+    return Whitening(mean=mean, components=components, eigenvalues=w / (n - 1))
+
+
 def fit_whitening(mean: torch.Tensor, cov: torch.Tensor, *, pca_dim: int, n: int) -> Whitening:
     """Top-`pca_dim` eigenvectors of the covariance.
 
     `pca_dim` is clipped to min(N - 1, D): N centred points span at most N - 1 directions.
     """
     d = cov.shape[0]
-    limit = min(n - 1, d)
-    if pca_dim > limit:
-        warnings.warn(
-            f"pca_dim={pca_dim} exceeds what {n} features of dimension {d} support; using {limit}",
-            stacklevel=2,
-        )
-        pca_dim = limit
+    pca_dim = _clip_dim(pca_dim, n=n, d=d)
     if cov.device.type == "cpu":
         # Only the top eigenpairs (LAPACK syevr): several times faster than a full eigh at D=4096.
         w, v = scipy.linalg.eigh(
@@ -204,9 +227,14 @@ def compute_descriptors(
     for x in batches:
         acc.update(x)
         spill.add(x)
-    mean, cov = acc.finalize()
-    whitening = fit_whitening(mean, cov, pca_dim=pca_dim, n=acc.n)
-    del cov
+    rows = acc.unflushed_rows()
+    if rows is not None and len(rows) < rows.shape[1]:
+        whitening = fit_whitening_from_rows(rows, pca_dim=pca_dim)
+        whitening.mean = whitening.mean + acc.shift  # rows were shifted by the first batch's mean
+    else:
+        mean, cov = acc.finalize()
+        whitening = fit_whitening(mean, cov, pca_dim=pca_dim, n=acc.n)
+        del cov
     out = np.empty((acc.n, whitening.components.shape[1]), dtype=np.float32)
     row = 0
     for x in spill.batches_back():

@@ -48,6 +48,13 @@ def test_whitening_matches_float64_reference() -> None:
     assert np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
 
 
+def test_fewer_features_than_dimensions_match_the_reference() -> None:
+    x = features(n=300, d=512)  # N < D: whitening comes from the N×N Gram matrix
+    out, _ = compute_descriptors(x.split(64), pca_dim=64)
+    ref = reference(x, 64)
+    assert np.abs(align_signs(out, ref) - ref).max() < 1e-3
+
+
 def test_spilling_to_disk_gives_the_same_descriptors(tmp_path) -> None:
     x = features(n=2000)
     in_ram, _ = compute_descriptors(x.split(300), pca_dim=16)
