@@ -62,31 +62,27 @@ def ours(x: np.ndarray, *, pca_dim: int, k: int, seed: int) -> tuple[float, floa
     return t1 - t0, time.perf_counter() - t1, labels
 
 
+def high_water_mb() -> float:
+    """Peak RSS of this process's own memory map (VmHWM). Unlike ru_maxrss, it does not carry
+    over the parent's peak across fork + exec."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def peak_memory_child(n: int, d: int, pca_dim: int) -> None:
     limit_cpu_threads()
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = high_water_mb()
     t0 = time.perf_counter()
     desc, _ = compute_descriptors(feature_batches(n, d, seed=1), pca_dim=pca_dim)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"n": n, "d": d, "descriptors_shape": list(desc.shape),
-                      "peak_rss_mb": peak / 1024, "rss_after_imports_mb": base / 1024,
+                      "peak_rss_mb": high_water_mb(), "rss_after_imports_mb": base,
                       "seconds": time.perf_counter() - t0}))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--child", nargs=3, type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        peak_memory_child(*args.child)
-        return
-    cores = limit_cpu_threads()
-    n, d, k, big = (2000, 512, 50, 20000) if args.quick else (20000, 4096, 1000, 200000)
-    pca_dim, seed = 256, 0
-    print(f"{cores} cores; N={n} D={d} k={k} pca_dim={pca_dim}", flush=True)
+def compare(*, n: int, d: int, k: int, pca_dim: int, seed: int) -> None:
     x = torch.cat(list(feature_batches(n, d))).numpy()
-
     o_desc, o_km, o_labels = ours(x, pca_dim=pca_dim, k=k, seed=seed)
     print(f"ours:      descriptors {o_desc:7.2f} s   k-means {o_km:6.2f} s   "
           f"total {o_desc + o_km:7.2f} s", flush=True)
@@ -99,6 +95,22 @@ def main() -> None:
           f"(descriptors alone {r_desc / o_desc:.1f}x); "
           f"NMI between the two clusterings {normalized_mutual_info_score(o_labels, r_labels):.3f}")
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--memory-only", action="store_true", help="skip the timing comparison")
+    parser.add_argument("--child", nargs=3, type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        peak_memory_child(*args.child)
+        return
+    cores = limit_cpu_threads()
+    n, d, k, big = (2000, 512, 50, 20000) if args.quick else (20000, 4096, 1000, 200000)
+    pca_dim, seed = 256, 0
+    print(f"{cores} cores; N={n} D={d} k={k} pca_dim={pca_dim}", flush=True)
+    if not args.memory_only:
+        compare(n=n, d=d, k=k, pca_dim=pca_dim, seed=seed)
     print(f"peak memory of the descriptor pass over N={big} x D={d} streamed features ...",
           flush=True)
     out = subprocess.run([sys.executable, __file__, "--child", str(big), str(d), str(pca_dim)],
