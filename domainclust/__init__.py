@@ -11,7 +11,9 @@ from typing import Any
 from domainclust.errors import DomainclustError
 from domainclust.store import StoreSpec, TileStore, TileStoreWriter
 
-__all__ = ["DomainclustError", "StoreSpec", "TileStore", "TileStoreWriter", "pretrain"]
+__all__ = [
+    "DomainclustError", "StoreSpec", "TileStore", "TileStoreWriter", "load_backbone", "pretrain",
+]
 __version__ = "0.1.0"
 
 
@@ -20,4 +22,8 @@ def __getattr__(name: str) -> Any:
         from domainclust.deepcluster import pretrain
 
         return pretrain
+    if name == "load_backbone":
+        from domainclust.export import load_backbone
+
+        return load_backbone
     raise AttributeError(f"module 'domainclust' has no attribute {name!r}")

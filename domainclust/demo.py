@@ -12,7 +12,7 @@ import torch
 from domainclust.config import Config, resolve
 from domainclust.deepcluster import model_spec, pretrain
 from domainclust.device import resolve_device
-from domainclust.evaluate import embed_store, knn_accuracy, nmi_to_labels, split_indices
+from domainclust.evaluation import embed_store, knn_accuracy, nmi_to_labels, split_indices
 from domainclust.modality import get_modality
 from domainclust.model import DeepClusterNet
 from domainclust.rundir import RunDir, atomic_write_text

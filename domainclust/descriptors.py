@@ -119,11 +119,16 @@ class CovarianceAccumulator:
             raise DomainclustError("PCA needs at least 2 feature vectors")
         self._flush()
         self._fold()
-        gram = self.gram64
-        if gram.device.type == "cpu":  # syrk filled the upper triangle (row-major view: lower)
-            gram = torch.tril(gram) + torch.tril(gram, -1).T
+        # The eigensolver works in float32; building the covariance there, in place, keeps the
+        # peak memory at a few D×D float32 buffers. The shift keeps the mean term small.
+        cov = self.gram64.float()
+        self.gram64 = self.gram32 = None
+        if cov.device.type == "cpu":  # syrk filled the upper triangle (row-major view: lower)
+            cov.tril_()
+            cov += cov.tril(-1).T
         mean_shifted = self.sum / self.n
-        cov = (gram - self.n * torch.outer(mean_shifted, mean_shifted)) / (self.n - 1)
+        m = mean_shifted.float()
+        cov.addr_(m, m, alpha=-float(self.n)).div_(self.n - 1)
         return (self.shift + mean_shifted), cov
 
 
@@ -218,7 +223,7 @@ def compute_descriptors(
     batches: Iterable[torch.Tensor],
     *,
     pca_dim: int,
-    memory_budget_bytes: int = 1 << 30,
+    memory_budget_bytes: int = 64 << 20,
     spill_dir: Path | None = None,
 ) -> tuple[np.ndarray, Whitening]:
     """(N, pca_dim) float32 unit-norm descriptors of a stream of (b, D) feature batches."""
