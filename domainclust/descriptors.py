@@ -191,6 +191,8 @@ class _Spill:
         x = x.detach().float().cpu()
         self.dim = x.shape[1]
         if self.file is None and self.nbytes + x.numel() * 4 > self.budget:
+            if self.spill_dir is not None:
+                self.spill_dir.mkdir(parents=True, exist_ok=True)
             self.file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in batches()
                 dir=self.spill_dir, prefix="features-", suffix=".f32"
             )
