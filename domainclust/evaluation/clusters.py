@@ -13,10 +13,8 @@ import numpy as np
 import torch
 
 from domainclust.descriptors import compute_descriptors
-from domainclust.device import limit_cpu_threads, resolve_device
-from domainclust.evaluation.data import store_labels
 from domainclust.evaluation.features import FEATURES, extract_layers
-from domainclust.evaluation.models import check_compatible, load_trained
+from domainclust.evaluation.inputs import open_inputs
 from domainclust.kmeans import kmeans
 from domainclust.metrics import nmi
 from domainclust.rundir import RunDir
@@ -106,12 +104,8 @@ def evaluate_clusters(
     progress: bool = False,
 ) -> ClusterEvalResult:
     """NMI and intra-class edge ratio of the checkpoint's descriptors on a labelled store."""
-    limit_cpu_threads()
-    dev = resolve_device(device)
-    store = TileStore(store_path)
-    labels = store_labels(store, labels_path=labels_path)
-    trained = load_trained(checkpoint, device=dev)
-    check_compatible(trained.spec, store, source=trained.source)
+    inputs = open_inputs(checkpoint, store_path, labels_path=labels_path, device=device)
+    dev, store, labels, trained = inputs.device, inputs.store, inputs.labels, inputs.trained
     if pca_dim is None:
         pca_dim = RunDir(trained.run_dir).load_config().cluster.pca_dim if trained.run_dir else 256
     tiles = np.flatnonzero(labels >= 0)

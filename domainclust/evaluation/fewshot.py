@@ -10,9 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from domainclust.device import limit_cpu_threads, resolve_device
 from domainclust.errors import DomainclustError
-from domainclust.evaluation.data import check_shots, make_split, sample_shots, store_labels
+from domainclust.evaluation.data import check_shots, make_split, sample_shots
 from domainclust.evaluation.features import read_float_tiles
 from domainclust.evaluation.finetune import (
     PROTOCOLS,
@@ -23,14 +22,12 @@ from domainclust.evaluation.finetune import (
     head_features,
     predict,
 )
+from domainclust.evaluation.inputs import open_inputs
 from domainclust.evaluation.models import (
     as_classifier,
-    check_compatible,
     fresh_network,
-    load_trained,
 )
 from domainclust.extract import tile_batches
-from domainclust.store import TileStore
 
 INITS = ("pretrained", "random")
 
@@ -113,12 +110,8 @@ def low_shot(
     protocols = parse_protocols(protocol)
     if not shots or min(shots) < 1 or repeats < 1:
         raise DomainclustError("shots must be positive integers and repeats at least 1")
-    limit_cpu_threads()
-    dev = resolve_device(device)
-    store = TileStore(store_path)
-    labels = store_labels(store, labels_path=labels_path)
-    trained = load_trained(checkpoint, device="cpu")
-    check_compatible(trained.spec, store, source=trained.source)
+    inputs = open_inputs(checkpoint, store_path, labels_path=labels_path, device=device, load_on="cpu")
+    dev, store, labels, trained = inputs.device, inputs.store, inputs.labels, inputs.trained
     split = make_split(labels, split_path=split_path, test_fraction=test_fraction, seed=seed)
     check_shots(labels, split.train, shots=shots)
     classes = np.unique(labels[labels >= 0])

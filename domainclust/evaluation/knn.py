@@ -10,10 +10,9 @@ import faiss
 import numpy as np
 import torch
 
-from domainclust.device import limit_cpu_threads, resolve_device
-from domainclust.evaluation.data import make_split, store_labels
+from domainclust.evaluation.data import make_split
 from domainclust.evaluation.features import FEATURES, extract_layers, layer_label, resolve_layers
-from domainclust.evaluation.models import check_compatible, load_trained
+from domainclust.evaluation.inputs import open_inputs
 from domainclust.extract import extract_features
 from domainclust.model import DeepClusterNet
 from domainclust.store import TileStore
@@ -97,12 +96,8 @@ def evaluate_knn(
     progress: bool = False,
 ) -> list[KnnResult]:
     """k-NN accuracy of the checkpoint's frozen features on a labelled store, one per layer."""
-    limit_cpu_threads()
-    dev = resolve_device(device)
-    store = TileStore(store_path)
-    labels = store_labels(store, labels_path=labels_path)
-    trained = load_trained(checkpoint, device=dev)
-    check_compatible(trained.spec, store, source=trained.source)
+    inputs = open_inputs(checkpoint, store_path, labels_path=labels_path, device=device)
+    dev, store, labels, trained = inputs.device, inputs.store, inputs.labels, inputs.trained
     split = make_split(labels, split_path=split_path, test_fraction=test_fraction, seed=seed)
     names = resolve_layers(trained.model, layers or [FEATURES])
     both = np.concatenate([split.train, split.test])

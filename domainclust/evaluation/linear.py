@@ -18,11 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from domainclust.device import limit_cpu_threads, resolve_device
-from domainclust.evaluation.data import make_split, store_labels, stratified_split
+from domainclust.evaluation.data import make_split, stratified_split
 from domainclust.evaluation.features import extract_layers, layer_label, resolve_layers
-from domainclust.evaluation.models import check_compatible, fresh_network, load_trained
-from domainclust.store import TileStore
+from domainclust.evaluation.inputs import open_inputs
+from domainclust.evaluation.models import fresh_network
 
 WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2)
 SWEEP_ITER = 40
@@ -146,12 +145,8 @@ def evaluate_linear(
     `random_init=True` probes the same architecture freshly initialised from `seed` instead,
     the baseline the pretrained numbers are compared with.
     """
-    limit_cpu_threads()
-    dev = resolve_device(device)
-    store = TileStore(store_path)
-    labels = store_labels(store, labels_path=labels_path)
-    trained = load_trained(checkpoint, device=dev)
-    check_compatible(trained.spec, store, source=trained.source)
+    inputs = open_inputs(checkpoint, store_path, labels_path=labels_path, device=device)
+    dev, store, labels, trained = inputs.device, inputs.store, inputs.labels, inputs.trained
     model = trained.model
     if random_init:
         model = fresh_network(trained.spec, n_outputs=2, seed=seed, device=dev)

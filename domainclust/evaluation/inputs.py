@@ -1,0 +1,41 @@
+"""What every evaluation starts from: the device, the labelled store and a checked network."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from domainclust.device import limit_cpu_threads, resolve_device
+from domainclust.evaluation.data import store_labels
+from domainclust.evaluation.models import Trained, check_compatible, load_trained
+from domainclust.store import TileStore
+
+
+@dataclass
+class EvalInputs:
+    device: torch.device
+    store: TileStore
+    labels: np.ndarray
+    trained: Trained
+
+
+def open_inputs(
+    checkpoint: Path | str,
+    store_path: Path | str,
+    *,
+    labels_path: Path | str | None,
+    device: str,
+    load_on: str | None = None,
+) -> EvalInputs:
+    """Cap CPU threads, resolve the device, open the store and its labels, and load the network
+    (on `load_on`, default the device), refusing one whose channels differ from the store's."""
+    limit_cpu_threads()
+    dev = resolve_device(device)
+    store = TileStore(store_path)
+    labels = store_labels(store, labels_path=labels_path)
+    trained = load_trained(checkpoint, device=load_on or dev)
+    check_compatible(trained.spec, store, source=trained.source)
+    return EvalInputs(device=dev, store=store, labels=labels, trained=trained)
