@@ -21,12 +21,9 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
-from torch import nn
 
-from domainclust.backbones import build_backbone, check_tile_size
 from domainclust.errors import DomainclustError
-from domainclust.frontends import GradientFrontEnd
-from domainclust.model import ModelSpec
+from domainclust.model import ModelSpec, Trunk
 from domainclust.rundir import RunDir, atomic_write, atomic_write_text, load_checkpoint
 from domainclust.store import TileStore
 
@@ -73,27 +70,14 @@ def read_checkpoint(path: Path | str) -> tuple[dict[str, Any], ModelSpec, Path, 
     return state, spec_from_dict(state["spec"], source=file), file, run
 
 
-class PretrainedBackbone(nn.Module):
+class PretrainedBackbone(Trunk):
     """Front-end → backbone of a DeepCluster network; `forward` gives the clustering feature
     (fc7 before ReLU for AlexNet/VGG, the pooled trunk for ResNet), `forward_stages` the conv maps.
     """
 
     def __init__(self, spec: ModelSpec, *, card: dict[str, Any] | None = None) -> None:
-        super().__init__()
-        check_tile_size(spec.tile_size)
-        self.spec = spec
+        super().__init__(spec)
         self.card = card or {}
-        self.frontend = GradientFrontEnd(kind=spec.frontend, in_channels=len(spec.channels),
-                                         raw=spec.raw_indices())
-        self.backbone = build_backbone(arch=spec.arch, in_channels=self.frontend.out_channels,
-                                       dropout=spec.dropout)
-
-    @property
-    def feature_dim(self) -> int:
-        return self.backbone.feature_dim
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self.frontend(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)

@@ -32,8 +32,10 @@ class ModelSpec:
         return tuple(self.channels.index(c) for c in self.raw_channels)
 
 
-class DeepClusterNet(nn.Module):
-    def __init__(self, spec: ModelSpec, *, n_clusters: int) -> None:
+class Trunk(nn.Module):
+    """Fixed front-end → backbone: the part of the network that pretraining produces."""
+
+    def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         check_tile_size(spec.tile_size)
         self.spec = spec
@@ -43,7 +45,6 @@ class DeepClusterNet(nn.Module):
         self.backbone = build_backbone(
             arch=spec.arch, in_channels=self.frontend.out_channels, dropout=spec.dropout
         )
-        self.top = head_init_(nn.Linear(self.backbone.feature_dim, n_clusters))
 
     @property
     def feature_dim(self) -> int:
@@ -52,6 +53,14 @@ class DeepClusterNet(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The clustering feature (pre-ReLU fc7 / pooled trunk)."""
         return self.backbone(self.frontend(x))
+
+
+class DeepClusterNet(Trunk):
+    """The trunk with DeepCluster's replaceable top layer (one output per cluster)."""
+
+    def __init__(self, spec: ModelSpec, *, n_clusters: int) -> None:
+        super().__init__(spec)
+        self.top = head_init_(nn.Linear(self.backbone.feature_dim, n_clusters))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.top(torch.relu(self.features(x)))
