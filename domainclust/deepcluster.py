@@ -69,7 +69,7 @@ def cluster_descriptors(
     raise DomainclustError(f"unknown clustering '{c.method}'; choose kmeans or pic")
 
 
-def build_optimizer(model: DeepClusterNet, config: Config, params: Any) -> torch.optim.SGD:
+def build_optimizer(params: Any, *, config: Config) -> torch.optim.SGD:
     t = config.train
     return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
 
@@ -153,7 +153,7 @@ def pretrain(
     torch.manual_seed(config.seed)  # the random init is part of the run's identity
     model = DeepClusterNet(spec, n_clusters=config.cluster.k).to(device)
     trunk_params = [p for n, p in model.named_parameters() if not n.startswith("top.")]
-    optimizer = build_optimizer(model, config, trunk_params)
+    optimizer = build_optimizer(trunk_params, config=config)
     history: list[dict[str, Any]] = []
     start = 0
     state = run.load_checkpoint(map_location=device)
@@ -232,7 +232,7 @@ def run_epoch(
     previous = run.load_assignments(epoch - 1) if epoch > 0 else None
     record: dict[str, Any] = {
         "epoch": epoch,
-        "n_tiles": int(len(subset)),
+        "n_tiles": len(subset),
         **clusters,
         **cluster_size_stats(labels, k=k),
         "nmi_prev": nmi_on_common(*previous, subset, labels) if previous else None,
@@ -247,7 +247,7 @@ def run_epoch(
     seed = epoch_seed(config.seed, epoch, 2)
     torch.manual_seed(seed)  # the new top layer's init and dropout
     model.reset_head(k)
-    head_optimizer = build_optimizer(model, config, model.top.parameters())
+    head_optimizer = build_optimizer(model.top.parameters(), config=config)
     dataset = AugmentedTiles(
         tiles, labels, scale=store.attrs["scale"], offset=store.attrs["offset"],
         transform=build_augmentation(config.data.augment, tile_size=model.spec.tile_size,
