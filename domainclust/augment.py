@@ -12,11 +12,11 @@ from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home on import
 
-import albumentations as A  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import albumentations as A
+import numpy as np
+import torch
 
-from domainclust.errors import DomainclustError  # noqa: E402
+from domainclust.errors import DomainclustError
 
 _SIZED = {"RandomResizedCrop", "CenterCrop", "RandomCrop", "Resize", "RandomSizedCrop"}
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -20,9 +19,9 @@ SET_HELP = "key=value override (short keys: epochs, k, batch_size, lr, arch, ...
 @app.command()
 def pretrain(
     run_dir: Path = typer.Option(..., "--run-dir", help="where config, metrics and checkpoints go"),
-    store: Optional[Path] = typer.Option(None, "--store", help="TileStore to train on"),
-    config: Optional[Path] = typer.Option(None, "--config", help="recipe YAML"),
-    modality: Optional[str] = typer.Option(None, "--modality", help="use this modality's recipe"),
+    store: Path | None = typer.Option(None, "--store", help="TileStore to train on"),
+    config: Path | None = typer.Option(None, "--config", help="recipe YAML"),
+    modality: str | None = typer.Option(None, "--modality", help="use this modality's recipe"),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:

@@ -20,8 +20,8 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from domainclust.errors import DomainclustError
 from domainclust.atomic import atomic_write_text
+from domainclust.errors import DomainclustError
 from domainclust.store import StoreSpec, TileStoreWriter
 
 REPORT_NAME = "ingest_report.json"
