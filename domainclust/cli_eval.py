@@ -1,4 +1,4 @@
-"""Evaluation, fine-tuning and export commands (issue 4): registered on the main app.
+"""Evaluation, fine-tuning and export commands, registered on the main app.
 
 Each command parses its options and calls one function of `domainclust.evaluation` or
 `domainclust.export`; tables go to stdout, results to `--out` as JSON.
@@ -143,32 +143,32 @@ def voc(checkpoint: Path = CHECKPOINT,
 
 
 def finetune(checkpoint: Path = CHECKPOINT, store: Path = STORE,
-             shots: str = typer.Option("1,5,10,50", "--shots", help="labelled tiles per class"),
+             shots: str = typer.Option("1,5,10", "--shots", help="labelled tiles per class"),
              repeats: int = typer.Option(10, "--repeats", help="fresh shots (and random init) "
-                                         "per repeat; mean ± std over repeats"),
-             protocol: str = typer.Option("all", "--protocol", help="all | head | both"),
-             steps: int = typer.Option(20, "--steps", help="SGD steps per run (protocol all)"),
-             batch_size: int = typer.Option(32, "--batch-size"),
-             lr: float = typer.Option(0.005, "--lr"),
+                                         "per repeat; mean and 95% CI over repeats"),
+             protocol: str = typer.Option("linear", "--protocol",
+                                          help="linear (frozen features + logistic regression) "
+                                          "| finetune (all layers) | both"),
+             split_by: str = typer.Option("auto", "--split-by", help="auto | source | blocks | "
+                                          "random: how train and test are kept apart"),
              max_test: int | None = typer.Option(None, "--max-test", help="score on at most "
                                                  "this many held-out tiles (seeded)"),
              test_fraction: float = TEST_FRACTION, seed: int = SEED,
              split: Path | None = SPLIT, labels: Path | None = LABELS,
              device: str = DEVICE,
              out: Path | None = typer.Option(None, "--out", help="default: RUN/eval")) -> None:
-    """Low-shot fine-tuning, pretrained vs random init: table (CSV + JSON) and a PNG plot."""
+    """Low-shot accuracy: pretrained vs raw pixels, channel statistics and random init, with
+    the verdict (JSON, CSV and a PNG plot)."""
     from domainclust.evaluation.fewshot import low_shot
-    from domainclust.evaluation.finetune import FinetuneSettings
     from domainclust.evaluation.report import write_finetune
 
     result = low_shot(checkpoint, store, shots=parse_ints(shots, what="--shots"), repeats=repeats,
                       protocol=protocol, test_fraction=test_fraction, max_test=max_test,
-                      seed=seed, split_path=split, labels_path=labels, device=device,
-                      settings=FinetuneSettings(steps=steps, batch_size=batch_size, lr=lr),
-                      log=typer.echo)
-    typer.echo(result.table())
+                      split_by=split_by, seed=seed, split_path=split, labels_path=labels,
+                      device=device, log=typer.echo)
     for kind, path in write_finetune(result, out or default_out(checkpoint)).items():
         typer.echo(f"wrote {kind}: {path}")
+    typer.echo(result.table())
 
 
 def export(checkpoint: Path = typer.Option(..., "--checkpoint", help="checkpoint file or run dir"),

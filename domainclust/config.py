@@ -42,6 +42,8 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     arch: str = "alexnet"  # alexnet | vgg16 | resnet18 | resnet50
+    stem: str = "auto"  # auto (from the tile size) | imagenet (the paper's) | stride2 | stride1
+    width: float = 1.0  # conv width multiplier; 1 is the paper's network
     frontend: str = "sobel"  # none | sobel | sobel-per-channel
     raw_channels: list[str] = field(default_factory=list)  # channels that bypass the front-end
     dropout: float = 0.5
@@ -84,6 +86,7 @@ SHORT_KEYS: dict[str, str] = {
     "batch_size": "train.batch_size",
     "lr": "train.lr",
     "arch": "model.arch",
+    "stem": "model.stem",
     "frontend": "model.frontend",
     "clustering": "cluster.method",
     "pca_dim": "cluster.pca_dim",

@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from domainclust.augment import AugmentedTiles, build_augmentation, seed_worker
+from domainclust.backbones import auto_stem
 from domainclust.config import Config
 from domainclust.descriptors import compute_descriptors
 from domainclust.device import available_cores, limit_cpu_threads, resolve_device
@@ -32,6 +33,7 @@ from domainclust.model import DeepClusterNet, ModelSpec
 from domainclust.pic import pic
 from domainclust.rundir import RunDir
 from domainclust.sampling import ClusterUniformSampler, sample_subset
+from domainclust.seeds import derive_seed
 from domainclust.staging import stage_tiles
 from domainclust.store import TileStore
 
@@ -40,17 +42,21 @@ CHECKPOINT_FORMAT = 1
 
 def epoch_seed(seed: int, epoch: int, stream: int) -> int:
     """Independent seeds per (run seed, epoch, purpose)."""
-    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0] % 2**31)
+    return derive_seed(seed, epoch, stream)
 
 
 def model_spec(config: Config, store: TileStore) -> ModelSpec:
+    tile_size = config.data.tile_size or store.tile_size
+    stem = config.model.stem
     return ModelSpec(
         arch=config.model.arch,
         frontend=config.model.frontend,
         channels=store.channels,
         raw_channels=tuple(config.model.raw_channels),
-        tile_size=config.data.tile_size or store.tile_size,
+        tile_size=tile_size,
         dropout=config.model.dropout,
+        stem=auto_stem(tile_size) if stem == "auto" else stem,
+        width=config.model.width,
     )
 
 

@@ -11,7 +11,10 @@ from torch import nn
 
 from domainclust.errors import DomainclustError
 
-FRONTENDS = ("none", "sobel", "sobel-per-channel")
+FRONTENDS = ("none", "sobel", "sobel-per-channel", "sobel-level")
+
+# Binomial 3x3 low-pass: the local level of a channel, on the same support as the gradients.
+_LEVEL = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
 
 _SOBEL = torch.tensor(
     [
@@ -26,7 +29,9 @@ class GradientFrontEnd(nn.Module):
 
     Args:
         kind: `none` (identity), `sobel` (mean of the gradient channels, then Sobel x/y:
-            2 outputs, as the paper), `sobel-per-channel` (Sobel x/y of each channel: 2 per channel).
+            2 outputs, as the paper), `sobel-per-channel` (Sobel x/y of each channel: 2 per channel),
+            `sobel-level` (Sobel x/y and a low-pass level of each channel: 3 per channel; for
+            spectra, depth or HU windows, where the level itself carries the signal).
         in_channels: channels of the input tensor.
         raw: indices of channels that bypass the gradient filter (e.g. depth) and are
             appended unchanged after the gradient outputs.
@@ -45,8 +50,10 @@ class GradientFrontEnd(nn.Module):
         self.in_channels = in_channels
         self.register_buffer("grad_idx", torch.tensor(grad, dtype=torch.long), persistent=False)
         self.register_buffer("raw_idx", torch.tensor(raw, dtype=torch.long), persistent=False)
-        self.register_buffer("sobel", _SOBEL.unsqueeze(1).clone(), persistent=False)
-        n_grad = {"none": len(grad), "sobel": 2, "sobel-per-channel": 2 * len(grad)}[kind]
+        filters = torch.cat([_SOBEL, _LEVEL[None]]) if kind == "sobel-level" else _SOBEL
+        self.register_buffer("filters", filters.unsqueeze(1).clone(), persistent=False)
+        n_grad = {"none": len(grad), "sobel": 2, "sobel-per-channel": 2 * len(grad),
+                  "sobel-level": 3 * len(grad)}[kind]
         self.out_channels = n_grad + len(raw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -55,12 +62,13 @@ class GradientFrontEnd(nn.Module):
         if self.kind == "none":
             return x
         g = x.index_select(1, self.grad_idx)
-        weight = self.sobel.to(x.dtype)
         if self.kind == "sobel":
-            g = F.conv2d(g.mean(dim=1, keepdim=True), weight, padding=1)
-        else:
-            c = g.shape[1]
-            g = F.conv2d(g, weight.repeat(c, 1, 1, 1), padding=1, groups=c)
+            g = g.mean(dim=1, keepdim=True)
+        # Replicated borders: zero padding would turn a tile's brightness into a border edge.
+        g = F.pad(g, (1, 1, 1, 1), mode="replicate")
+        c = g.shape[1]
+        weight = self.filters.to(x.dtype).repeat(c, 1, 1, 1)
+        g = F.conv2d(g, weight, groups=c)
         if len(self.raw_idx):
             g = torch.cat([g, x.index_select(1, self.raw_idx)], dim=1)
         return g

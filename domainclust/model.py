@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from domainclust.backbones import build_backbone, check_tile_size, head_init_
+from domainclust.backbones import build_backbone, head_init_
 from domainclust.errors import DomainclustError
 from domainclust.frontends import GradientFrontEnd
 
@@ -22,6 +22,8 @@ class ModelSpec:
     raw_channels: tuple[str, ...]
     tile_size: int
     dropout: float = 0.5
+    stem: str = "imagenet"  # resolved, never "auto": see backbones.auto_stem
+    width: float = 1.0  # conv width multiplier (1: the paper's widths)
 
     def raw_indices(self) -> tuple[int, ...]:
         missing = [c for c in self.raw_channels if c not in self.channels]
@@ -37,13 +39,13 @@ class Trunk(nn.Module):
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
-        check_tile_size(spec.tile_size)
         self.spec = spec
         self.frontend = GradientFrontEnd(
             kind=spec.frontend, in_channels=len(spec.channels), raw=spec.raw_indices()
         )
         self.backbone = build_backbone(
-            arch=spec.arch, in_channels=self.frontend.out_channels, dropout=spec.dropout
+            arch=spec.arch, in_channels=self.frontend.out_channels, tile_size=spec.tile_size,
+            stem=spec.stem, width=spec.width, dropout=spec.dropout,
         )
 
     @property

@@ -248,6 +248,9 @@ class TileStore:
     def meta(self, name: str) -> np.ndarray:
         return self.group["meta"][name][: self.n]
 
+    def meta_names(self) -> list[str]:
+        return sorted(name for name, _ in self.group["meta"].arrays())
+
     def read(self, indices: np.ndarray, *, threads: int = 4) -> np.ndarray:
         """Tiles at `indices` (in that order), reading each touched chunk once."""
         indices = np.asarray(indices, dtype=np.int64)

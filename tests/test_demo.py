@@ -1,4 +1,4 @@
-"""`domainclust demo` end to end with shortened training (the full demo runs ~5 min)."""
+"""`domainclust demo` end to end with shortened training (the full demo runs ~7 min)."""
 
 import json
 
@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from domainclust.cli import app
+from domainclust.store import TileStore
 
 
 @pytest.mark.slow
@@ -15,10 +16,16 @@ def test_demo_ingests_trains_and_writes_the_table(tmp_path) -> None:
                                       "--set", "epochs=1", "--set", "subset_size=1000",
                                       "--set", "k=20"])
     assert result.exit_code == 0, result.output
-    rows = json.loads((run / "demo.json").read_text())
-    assert list(rows) == ["random init", "DeepCluster, 1 epochs"]
-    for r in rows.values():
-        assert 0.1 < r["knn_accuracy"] <= 1 and 0 <= r["nmi_labels"] <= 1
-    assert "| random init |" in result.output and (run / "demo.md").exists()
+    data = json.loads((run / "demo.json").read_text())
+    assert [k for k in data if k not in ("split", "epochs")] == ["raw_pixels", "random_init",
+                                                                  "pretrained"]
+    for name in ("random_init", "pretrained"):
+        r = data[name]
+        assert r["layer"] in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc7")
+        assert max(r["validation"].values()) == r["validation"][r["layer"]]
+        assert 0.5 < r["knn_accuracy"] <= 1
+    assert data["raw_pixels"]["layer"] == "pixels" and data["split"].startswith("random")
+    assert "| pretrained |" in result.output and (run / "demo.md").exists()
+    assert TileStore(run / "pretrain.zarr").n == 4000  # the 1000 test digits never pretrained
     assert (run / "store.zarr" / "zarr.json").exists()
     assert (run / "checkpoints" / "last.pt").exists()

@@ -39,9 +39,11 @@ def test_cli_knn_on_two_layers_writes_json(tiny_run: Path, small_store: Path,
 def test_linear_probes_every_conv_layer(tiny_run: Path, small_store: Path) -> None:
     result = evaluate_linear(tiny_run, small_store, weight_decays=(1e-3,), device="cpu")
     assert [r.layer for r in result.rows] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
-    assert [r.dim for r in result.rows] == [4704, 2304, 384, 384, 256]
+    # Quarter-width AlexNet with the 32 px stem: maps of 32, 15, 7, 7, 7 px, none collapsed.
+    assert [r.dim for r in result.rows] == [24 * 20 * 20, 64 * 12 * 12, 96 * 7 * 7, 96 * 7 * 7,
+                                            64 * 7 * 7]
     assert all(0.3 < r.top1 <= 1 for r in result.rows)
-    assert "| conv1 | 4704 |" in result.table()
+    assert "| conv1 | 9600 |" in result.table()
     again = evaluate_linear(tiny_run, small_store, layers=["conv5"], weight_decays=(1e-3,),
                             device="cpu")
     assert again.rows[0].top1 == result.rows[4].top1  # seeded: the same split and probe

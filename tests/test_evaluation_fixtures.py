@@ -50,6 +50,6 @@ def tiny_run(small_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     run = tmp_path_factory.mktemp("eval_run") / "run"
     config = resolve(recipe={"data": {"augment": [{"HorizontalFlip": {"p": 0.5}}]}},
                      overrides=[f"store={small_store}", "subset_size=300", "k=10", "epochs=1",
-                                "batch_size=50", "pca_dim=16"])
+                                "batch_size=50", "pca_dim=16", "model.width=0.25"])
     pretrain(config, run, progress=False, log=lambda _: None)
     return run

@@ -1,5 +1,5 @@
-"""Low-shot fine-tuning against random init on the real tiny run: both protocols, seeded repeats,
-the CSV/JSON/PNG it writes, and the error for a class with fewer examples than the shots."""
+"""The low-shot experiment on a real tiny run: every method and protocol, the same selection
+path for both initialisations, seeded repeats, what it writes, and the verdict."""
 
 from __future__ import annotations
 
@@ -7,50 +7,70 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from domainclust.cli import app
 from domainclust.errors import DomainclustError
-from domainclust.evaluation import FinetuneSettings, low_shot
-from domainclust.evaluation.finetune import augment
+from domainclust.evaluation import low_shot
+from domainclust.evaluation.fewshot import METHODS, Row, judge
+from domainclust.evaluation.finetune import FinetuneSettings
 from domainclust.evaluation.report import write_finetune
+from domainclust.evaluation.training import augment, recompute_batchnorm
 
 pytest_plugins = ["test_evaluation_fixtures"]
 
-FAST = FinetuneSettings(steps=3, batch_size=16)
+FAST = FinetuneSettings(lrs=(0.01, 0.03), steps=(2, 4), default_steps=2, batch_size=16)
 
 
 @pytest.mark.slow
-def test_both_protocols_pretrained_and_random(tiny_run: Path, small_store: Path,
-                                              tmp_path: Path) -> None:
+def test_every_method_and_protocol_with_cis_and_a_verdict(tiny_run: Path, small_store: Path,
+                                                          tmp_path: Path) -> None:
     result = low_shot(tiny_run, small_store, shots=[1, 3], repeats=2, protocol="both",
                       settings=FAST, max_test=60, device="cpu")
-    keys = {(r.protocol, r.init, r.shots) for r in result.rows}
-    assert keys == {(p, i, s) for p in ("all", "head") for i in ("pretrained", "random")
-                    for s in (1, 3)}
-    assert all(len(r.accuracies) == 2 and all(0 <= a <= 1 for a in r.accuracies)
-               for r in result.rows)
+    keys = {(r.method, r.protocol, r.shots) for r in result.rows}
+    linear = {(m, "linear", s) for m in METHODS for s in (1, 3)}
+    tuned = {(m, "finetune", s) for m in ("random_init", "pretrained") for s in (1, 3)}
+    assert keys == linear | tuned
+    assert {r.metric for r in result.rows} == {"top1", "balanced_accuracy"}
+    for r in result.rows:
+        assert r.repeats == 2 and len(r.values) == 2
+        assert r.ci_low <= r.mean <= r.ci_high
+    # One selection path for both initialisations: validated choices with 3 shots (3 folds
+    # exist), the documented defaults with 1 shot.
+    for method in ("random_init", "pretrained"):
+        one = result.row(method, "linear", 1).choices
+        three = result.row(method, "linear", 3).choices
+        assert all(not c["validated"] and c["layer"] == "conv3" for c in one)
+        assert all(c["validated"] for c in three)
+        tuned3 = result.row(method, "finetune", 3).choices
+        assert all(c["validated"] and c["lr"] in FAST.lrs and c["steps"] in FAST.steps
+                   for c in tuned3)
     assert result.n_test == 60 and result.n_classes == 10
-    head3 = result.row("head", "pretrained", 3)
-    assert head3.mean > 0.2  # chance is 0.1
-    assert "| head | 3 |" in result.table() and "±" in result.table()
+    assert result.row("pretrained", "linear", 3).mean > 0.2  # chance is 0.1
+    assert [v.shots for v in result.verdict] == [1, 3]
+    assert result.table().splitlines()[-1].startswith("verdict at 3 shots: ")
 
     paths = write_finetune(result, tmp_path)
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader(paths["csv"].open()))
-    assert len(rows) == 8 and rows[0]["repeat_1"] and float(rows[0]["mean"]) <= 1
+    assert len(rows) == len(result.rows) and rows[0]["repeat_1"]
     data = json.loads(paths["json"].read_text())
-    assert data["settings"]["steps"] == 3 and data["rows"][0]["std"] >= 0
+    assert set(data["rows"][0]) >= {"method", "protocol", "shots", "metric", "mean", "ci_low",
+                                    "ci_high", "repeats"}
+    assert set(data["verdict"]["3"]) >= {"result", "best_baseline", "difference", "ci_low",
+                                         "ci_high"}
+    assert data["split"].startswith("random (no source recorded)")
 
 
 @pytest.mark.slow
 def test_runs_are_seeded(tiny_run: Path, small_store: Path) -> None:
     def run(seed: int) -> list[float]:
-        r = low_shot(tiny_run, small_store, shots=[2], repeats=1, protocol="head", max_test=60,
-                     seed=seed, device="cpu")
-        return [a for row in r.rows for a in row.accuracies]
+        r = low_shot(tiny_run, small_store, shots=[2], repeats=1, max_test=60, seed=seed,
+                     device="cpu")
+        return [a for row in r.rows for a in row.values]
 
     assert run(0) == run(0)
     assert run(0) != run(1)
@@ -70,14 +90,51 @@ def test_cli_finetune_writes_table_and_plot(tiny_run: Path, small_store: Path,
                                             tmp_path: Path) -> None:
     result = CliRunner().invoke(app, [
         "finetune", "--checkpoint", str(tiny_run), "--store", str(small_store), "--shots", "2,1",
-        "--repeats", "1", "--protocol", "head", "--max-test", "40", "--out", str(tmp_path)])
+        "--repeats", "1", "--max-test", "40", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "| head | 1 |" in result.output and "| head | 2 |" in result.output
+    assert "| raw_pixels | linear | 1 |" in result.output
+    assert "| pretrained | linear | 2 |" in result.output
+    assert "verdict at 2 shots: inconclusive" in result.output  # one repeat: no interval
     assert {p.name for p in tmp_path.iterdir()} == {"finetune.csv", "finetune.json",
                                                      "finetune.png"}
     bad = CliRunner().invoke(app, ["finetune", "--checkpoint", str(tiny_run), "--store",
                                    str(small_store), "--shots", "1,x"])
     assert isinstance(bad.exception, DomainclustError) and "--shots" in str(bad.exception)
+
+
+def _row(method: str, protocol: str, values: list[float], shots: int = 5) -> Row:
+    v = np.asarray(values)
+    return Row(method=method, protocol=protocol, shots=shots, metric="top1", mean=float(v.mean()),
+               ci_low=None, ci_high=None, repeats=len(v), values=list(values))
+
+
+def test_verdict_against_the_strongest_baseline_on_hand_made_tables() -> None:
+    raw = _row("raw_pixels", "linear", [0.60, 0.62, 0.61, 0.63])
+    rnd = _row("random_init", "linear", [0.70, 0.72, 0.69, 0.71])
+    better = _row("pretrained", "linear", [0.75, 0.78, 0.74, 0.77])
+    v = judge([raw, rnd, better], shots=5, protocol="linear")
+    assert v.result == "helped" and v.best_baseline == "random_init/linear"
+    assert v.difference == pytest.approx(0.055) and v.ci_low > 0
+    worse = _row("pretrained", "linear", [0.65, 0.66, 0.64, 0.66])
+    assert judge([raw, rnd, worse], shots=5, protocol="linear").result == "did not help"
+    noisy = _row("pretrained", "linear", [0.80, 0.62, 0.78, 0.66])
+    assert judge([raw, rnd, noisy], shots=5, protocol="linear").result == "inconclusive"
+    # The strongest baseline may come from another protocol.
+    tuned = _row("random_init", "finetune", [0.90, 0.91, 0.92, 0.90])
+    v = judge([raw, rnd, tuned, better], shots=5, protocol="linear")
+    assert v.result == "did not help" and v.best_baseline == "random_init/finetune"
+
+
+def test_batchnorm_statistics_are_recomputed_exactly_on_the_shots() -> None:
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    x = torch.randn(40, 1, 8, 8) * 3 + 2
+    recompute_batchnorm(net, x, batch_size=64)
+    with torch.no_grad():
+        h = net[0](x)
+    bn = net[1]
+    assert torch.allclose(bn.running_mean, h.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(bn.running_var, h.var((0, 2, 3)), rtol=1e-2)
+    assert bn.momentum == 0.1 and net.training  # momentum and mode restored
 
 
 def test_augment_translates_within_bounds_and_is_seeded() -> None:

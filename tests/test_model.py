@@ -1,32 +1,45 @@
 import pytest
 import torch
 
-from domainclust.backbones import SafeMaxPool
+from domainclust.backbones import auto_stem, geometry
 from domainclust.errors import DomainclustError
 from domainclust.frontends import GradientFrontEnd
 from domainclust.model import DeepClusterNet, ModelSpec
 
 
-def spec(arch: str, channels: int, size: int, frontend: str = "sobel", raw=()) -> ModelSpec:
+def spec(arch: str, channels: int, size: int, frontend: str = "sobel", raw=(),
+         stem: str | None = None, width: float = 1.0) -> ModelSpec:
     names = tuple(f"b{i}" for i in range(channels))
-    return ModelSpec(arch=arch, frontend=frontend, channels=names, raw_channels=raw, tile_size=size)
+    return ModelSpec(arch=arch, frontend=frontend, channels=names, raw_channels=raw, tile_size=size,
+                     stem=stem or auto_stem(size), width=width)
 
 
-@pytest.mark.parametrize("frontend", ["none", "sobel", "sobel-per-channel"])
+@pytest.mark.parametrize("frontend", ["none", "sobel", "sobel-per-channel", "sobel-level"])
 @pytest.mark.parametrize("channels", [1, 2, 4, 13])
 def test_frontend_shapes_and_no_trainable_parameters(frontend: str, channels: int) -> None:
     f = GradientFrontEnd(kind=frontend, in_channels=channels)
     out = f(torch.randn(2, channels, 64, 64))
-    expected = {"none": channels, "sobel": 2, "sobel-per-channel": 2 * channels}[frontend]
+    expected = {"none": channels, "sobel": 2, "sobel-per-channel": 2 * channels,
+                "sobel-level": 3 * channels}[frontend]
     assert out.shape == (2, expected, 64, 64) == (2, f.out_channels, 64, 64)
     assert not list(f.parameters())
 
 
-def test_sobel_responds_to_gradients_not_to_colour() -> None:
-    f = GradientFrontEnd(kind="sobel", in_channels=3)
+@pytest.mark.parametrize("kind", ["sobel", "sobel-per-channel", "sobel-level"])
+def test_a_constant_tile_has_no_gradient_anywhere_not_even_at_the_border(kind: str) -> None:
+    f = GradientFrontEnd(kind=kind, in_channels=3)
     flat = torch.full((1, 3, 16, 16), 7.0)
     flat[:, 1] = -3.0  # a strong colour, no edges
-    assert f(flat)[..., 1:-1, 1:-1].abs().max() < 1e-5
+    out = f(flat)
+    step = 3 if kind == "sobel-level" else 2
+    gradients = torch.cat([out[:, i : i + 2] for i in range(0, out.shape[1], step)], dim=1)
+    assert gradients.abs().max() < 1e-5  # zero padding would answer 4 x 7 along the border
+    if kind == "sobel-level":  # the level channels keep each channel's value, border included
+        assert torch.allclose(out[:, 2::3], flat)
+
+
+def test_sobel_responds_to_gradients_not_to_colour() -> None:
+    f = GradientFrontEnd(kind="sobel", in_channels=3)
     ramp = torch.arange(16.0).view(1, 1, 1, 16).expand(1, 3, 16, 16)  # +1 per column
     out = f(ramp)[..., 1:-1, 1:-1]
     assert torch.allclose(out[:, 0], torch.tensor(-8.0))  # x-gradient: (1 + 2 + 1) * -2
@@ -51,7 +64,7 @@ def test_frontend_rejects_bad_arguments() -> None:
 
 @pytest.mark.parametrize("arch", ["alexnet", "vgg16", "resnet18"])
 @pytest.mark.parametrize("channels", [1, 2, 4, 13])
-@pytest.mark.parametrize("size", [64, 224])
+@pytest.mark.parametrize("size", [32, 64, 224])
 def test_backbones_any_channels_and_tile_size(arch: str, channels: int, size: int) -> None:
     torch.manual_seed(0)
     net = DeepClusterNet(spec(arch, channels, size, frontend="sobel-per-channel"), n_clusters=7)
@@ -74,11 +87,35 @@ def test_alexnet_follows_the_design_card() -> None:
     stages = net.backbone.forward_stages(net.frontend(torch.randn(1, 3, 224, 224)))
     assert [tuple(v.shape[-2:]) for v in stages.values()] == [
         (55, 55), (27, 27), (13, 13), (13, 13), (13, 13)]
+    assert net.spec.stem == "imagenet" and net.backbone.classifier[1].in_features == 256 * 6 * 6
 
 
-def test_small_maps_do_not_vanish_in_pooling() -> None:
-    assert SafeMaxPool()(torch.randn(1, 4, 1, 1)).shape == (1, 4, 1, 1)
-    assert SafeMaxPool()(torch.randn(1, 4, 55, 55)).shape == (1, 4, 27, 27)
+@pytest.mark.parametrize("size,stem", [(28, "stride1"), (32, "stride1"), (64, "stride2"),
+                                       (96, "stride2"), (128, "stride2"), (224, "imagenet")])
+def test_the_stem_is_chosen_from_the_tile_size(size: int, stem: str) -> None:
+    assert auto_stem(size) == stem
+
+
+@pytest.mark.parametrize("arch", ["alexnet", "vgg16", "resnet18"])
+@pytest.mark.parametrize("size", [28, 32, 64, 96, 224])
+def test_every_chosen_network_keeps_a_real_map_at_every_stage(arch: str, size: int) -> None:
+    net = DeepClusterNet(spec(arch, 1, size, width=0.25), n_clusters=3)
+    sides = geometry(net.backbone, in_channels=net.frontend.out_channels, tile_size=size)
+    real = net.backbone.forward_stages(net.frontend(torch.randn(2, 1, size, size)))
+    assert sides == {k: v.shape[-1] for k, v in real.items()}  # the meta pass is exact
+    assert min(sides.values()) >= 2 and net.backbone.final_side >= 2
+
+
+@pytest.mark.parametrize("arch,size", [("alexnet", 32), ("alexnet", 64), ("resnet18", 32),
+                                       ("vgg16", 28)])
+def test_a_paper_stem_that_would_collapse_is_refused_with_the_fix(arch: str, size: int) -> None:
+    with pytest.raises(DomainclustError, match=f"less than 2x2 .* at {size} px.*'{auto_stem(size)}' stem"):
+        DeepClusterNet(spec(arch, 1, size, stem="imagenet"), n_clusters=2)
+
+
+def test_alexnet_at_96px_with_the_paper_stem_is_the_smallest_that_fits() -> None:
+    net = DeepClusterNet(spec("alexnet", 1, 96, stem="imagenet"), n_clusters=2)
+    assert net.backbone.final_side == 2
 
 
 def test_head_reset_changes_only_the_top_layer() -> None:
@@ -91,9 +128,9 @@ def test_head_reset_changes_only_the_top_layer() -> None:
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_tiles_below_32_px_are_refused() -> None:
-    with pytest.raises(DomainclustError, match="below the 32 px"):
-        DeepClusterNet(spec("alexnet", 1, 28), n_clusters=2)
+def test_tiles_below_28_px_are_refused() -> None:
+    with pytest.raises(DomainclustError, match="below the 28 px"):
+        DeepClusterNet(spec("alexnet", 1, 24, stem="stride1"), n_clusters=2)
 
 
 def test_unknown_raw_channel_is_refused() -> None:

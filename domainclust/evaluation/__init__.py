@@ -1,7 +1,7 @@
-"""Evaluation of pretrained features on labelled data (issue 4).
+"""Evaluation of pretrained features on labelled data.
 
-k-NN and linear probes on frozen layers, cluster/label agreement, low-shot fine-tuning against
-random initialisation, and PASCAL VOC 2007 multi-label classification. Every entry point takes a
+k-NN and linear probes on frozen layers, cluster/label agreement, the low-shot experiment against
+raw pixels, channel statistics and random initialisation, and PASCAL VOC 2007 multi-label classification. Every entry point takes a
 checkpoint (or run dir, or exported backbone) and a labelled TileStore, and returns a data class
 that prints as a table and serialises to JSON.
 """

@@ -1,92 +1,156 @@
-"""The low-shot experiment: shots × repeats × protocols × {pretrained, random init}, mean ± std."""
+"""The low-shot experiment: does pretraining beat what a practitioner tries first?
+
+Methods: `raw_pixels` and `channel_stats` (features of the tile itself), `random_init` (the same
+network freshly initialised, a new seed every repeat) and `pretrained`. Protocols: `linear`
+(frozen features + logistic regression, every method) and `finetune` (every layer trained;
+the two networks only). Each repeat draws fresh shots, the same for every method (paired), and
+every choice (layer, L2 penalty, learning rate, length) is made on those shots alone. The test
+tiles come from a split that respects the data (`data.tile_groups`). Per shot count, the verdict
+compares the pretrained network (first protocol asked for) with the strongest baseline.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from sklearn.metrics import balanced_accuracy_score
 
 from domainclust.errors import DomainclustError
-from domainclust.evaluation.data import check_shots, make_split, sample_shots
-from domainclust.evaluation.features import read_float_tiles
-from domainclust.evaluation.finetune import (
-    PROTOCOLS,
-    FinetuneSettings,
-    derive_seed,
-    finetune_all,
-    head_accuracy,
-    head_features,
-    predict,
+from domainclust.evaluation.baselines import BASELINES, baseline_features
+from domainclust.evaluation.data import check_shots, sample_shots, store_split
+from domainclust.evaluation.features import (
+    extract_layers,
+    layer_label,
+    layer_names,
+    read_float_tiles,
 )
+from domainclust.evaluation.finetune import FinetuneSettings, select_and_finetune
+from domainclust.evaluation.frozen import Standardiser, choose, fit_frozen
 from domainclust.evaluation.inputs import open_inputs
-from domainclust.evaluation.models import (
-    as_classifier,
-    fresh_network,
-)
-from domainclust.extract import tile_batches
+from domainclust.evaluation.linear import LinearClassifier
+from domainclust.evaluation.models import as_classifier, fresh_network
+from domainclust.evaluation.stats import mean_ci, verdict
+from domainclust.evaluation.training import predict
+from domainclust.seeds import derive_seed
+from domainclust.store import TileStore
 
-INITS = ("pretrained", "random")
+PROTOCOLS = ("linear", "finetune")
+NETWORKS = ("random_init", "pretrained")
+METHODS = (*BASELINES, *NETWORKS)
+METRICS = ("top1", "balanced_accuracy")
+POOL_TILES = 512  # unlabelled training tiles whose statistics standardise every feature
 
 
 @dataclass
-class ShotRow:
+class Row:
+    method: str
     protocol: str
-    init: str
     shots: int
-    accuracies: list[float]
+    metric: str
+    mean: float
+    ci_low: float | None  # None with a single repeat
+    ci_high: float | None
+    repeats: int
+    values: list[float]
+    choices: list[dict[str, Any]] = field(default_factory=list)
 
-    @property
-    def mean(self) -> float:
-        return float(np.mean(self.accuracies))
 
-    @property
-    def std(self) -> float:
-        return float(np.std(self.accuracies))
+@dataclass
+class Verdict:
+    shots: int
+    result: str
+    method: str  # the pretrained row compared: "pretrained/<protocol>"
+    best_baseline: str  # "<method>/<protocol>"
+    difference: float
+    ci_low: float | None
+    ci_high: float | None
 
 
 @dataclass
 class FinetuneResult:
-    rows: list[ShotRow]
-    settings: dict[str, Any]
+    rows: list[Row]
+    verdict: list[Verdict]
+    split: str
     n_classes: int
     n_test: int
-    split: str
     checkpoint: str
     seed: int
-    extra: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any]
 
-    def row(self, protocol: str, init: str, shots: int) -> ShotRow:
-        return next(r for r in self.rows if (r.protocol, r.init, r.shots) == (protocol, init, shots))
+    def row(self, method: str, protocol: str, shots: int, metric: str = "top1") -> Row:
+        return next(r for r in self.rows
+                    if (r.method, r.protocol, r.shots, r.metric) == (method, protocol, shots, metric))
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        for r, d in zip(self.rows, out["rows"]):
-            d.update(mean=r.mean, std=r.std)
+        out["verdict"] = {str(v.shots): {k: val for k, val in asdict(v).items() if k != "shots"}
+                          for v in self.verdict}
         return out
 
     def table(self) -> str:
-        title = (f"low-shot top-1 on {self.n_test} test tiles, {self.n_classes} classes "
-                 f"({len(self.rows[0].accuracies)} repeats, mean ± std)")
-        lines = [title, "| protocol | shots/class | pretrained | random init |", "|---|---:|---:|---:|"]
+        repeats = self.rows[0].repeats
+        lines = [f"low-shot accuracy on {self.n_test} test tiles, {self.n_classes} classes, "
+                 f"{repeats} repeats, mean [95% CI]; split: {self.split}",
+                 "| method | protocol | shots | top-1 | balanced |", "|---|---|---:|---:|---:|"]
         for r in self.rows:
-            if r.init != "pretrained":
+            if r.metric != "top1":
                 continue
-            rnd = self.row(r.protocol, "random", r.shots)
-            lines.append(f"| {r.protocol} | {r.shots} | {100 * r.mean:.2f} ± {100 * r.std:.2f}% "
-                         f"| {100 * rnd.mean:.2f} ± {100 * rnd.std:.2f}% |")
+            b = self.row(r.method, r.protocol, r.shots, "balanced_accuracy")
+            lines.append(f"| {r.method} | {r.protocol} | {r.shots} | {_pct(r)} | {_pct(b)} |")
+        for v in self.verdict:
+            ci = ("" if v.ci_low is None else
+                  f", 95% CI [{100 * v.ci_low:+.1f}, {100 * v.ci_high:+.1f}]")
+            lines.append(f"verdict at {v.shots} shots: {v.result} ({v.method} vs "
+                         f"{v.best_baseline}: {100 * v.difference:+.1f} points{ci})")
         return "\n".join(lines)
+
+
+def _pct(r: Row) -> str:
+    if r.ci_low is None:
+        return f"{100 * r.mean:.1f}%"
+    return f"{100 * r.mean:.1f}% [{100 * r.ci_low:.1f}, {100 * r.ci_high:.1f}]"
 
 
 def parse_protocols(protocol: str) -> tuple[str, ...]:
     if protocol == "both":
         return PROTOCOLS
     if protocol not in PROTOCOLS:
-        raise DomainclustError(f"unknown protocol '{protocol}'; choose all, head or both")
+        raise DomainclustError(f"unknown protocol '{protocol}'; choose linear, finetune or both")
     return (protocol,)
+
+
+def default_layer(model: torch.nn.Module) -> str:
+    """The layer used when the shots are too few to choose one: the middle conv stage, where
+    the thesis finds DeepCluster's most transferable features (conv3 of AlexNet)."""
+    stages = model.backbone.stages
+    return stages[len(stages) // 2]
+
+
+class FeatureSource:
+    """Standardised features of one method (per layer for networks), for any tile indices."""
+
+    def __init__(self, method: str, store: TileStore, *, tile_size: int, device: torch.device,
+                 pool: np.ndarray, model: torch.nn.Module | None = None) -> None:
+        self.method, self.store, self.tile_size, self.device = method, store, tile_size, device
+        self.model = model
+        self.layers = list(layer_names(model)) if model is not None else [method]
+        self.default_layer = default_layer(model) if model is not None else method
+        self.standardise = {name: Standardiser.fit(f) for name, f in self.raw(pool).items()}
+
+    def raw(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        if self.model is None:
+            x = read_float_tiles(self.store, indices, tile_size=self.tile_size)
+            return {self.method: baseline_features(self.method, x).numpy()}
+        return extract_layers(self.model, self.store, indices=indices, layers=self.layers,
+                              device=self.device)
+
+    def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: self.standardise[name](f) for name, f in self.raw(indices).items()}
 
 
 def low_shot(
@@ -95,72 +159,121 @@ def low_shot(
     *,
     shots: list[int],
     repeats: int = 10,
-    protocol: str = "all",
+    protocol: str = "linear",
     settings: FinetuneSettings | None = None,
     test_fraction: float = 0.2,
     max_test: int | None = None,
+    split_by: str = "auto",
     seed: int = 0,
     split_path: Path | str | None = None,
     labels_path: Path | str | None = None,
     device: str = "auto",
     log: Callable[[str], None] = lambda _: None,
 ) -> FinetuneResult:
-    """Low-shot accuracy of the pretrained network vs random init, per protocol and shot count."""
+    """Every method × protocol × shot count over `repeats` paired repeats, and the verdict."""
     settings = settings or FinetuneSettings()
     protocols = parse_protocols(protocol)
     if not shots or min(shots) < 1 or repeats < 1:
         raise DomainclustError("shots must be positive integers and repeats at least 1")
-    inputs = open_inputs(checkpoint, store_path, labels_path=labels_path, device=device, load_on="cpu")
+    inputs = open_inputs(checkpoint, store_path, labels_path=labels_path, device=device)
     dev, store, labels, trained = inputs.device, inputs.store, inputs.labels, inputs.trained
-    split = make_split(labels, split_path=split_path, test_fraction=test_fraction, seed=seed)
+    split = store_split(store, labels, split_path=split_path, test_fraction=test_fraction,
+                        seed=seed, split_by=split_by)
     check_shots(labels, split.train, shots=shots)
     classes = np.unique(labels[labels >= 0])
+    rng = np.random.default_rng(derive_seed(seed, 1))
     test = split.test
     if max_test is not None and len(test) > max_test:
-        test = np.sort(np.random.default_rng(seed).choice(test, size=max_test, replace=False))
-    size = trained.spec.tile_size
-    test_tiles = store.read(test)  # storage dtype; made float batch by batch
-
-    def test_batches() -> Iterator[torch.Tensor]:
-        return tile_batches(test_tiles, store=store, batch_size=256, device=dev, tile_size=size)
-
+        test = np.sort(rng.choice(test, size=max_test, replace=False))
+    pool = np.sort(rng.choice(split.train, size=min(POOL_TILES, len(split.train)), replace=False))
     y_test = np.searchsorted(classes, labels[test])
-    draws = {(r, s): sample_shots(labels, split.train, shots=s,
-                                  rng=np.random.default_rng(derive_seed(seed, r, s)))
-             for r in range(repeats) for s in shots}
-    acc: dict[tuple[str, str, int], list[float]] = {}
-    pretrained_test_f = None
+    spec, size = trained.spec, trained.spec.tile_size
+    log(f"split: {split.describe()}; scoring on {len(test)} test tiles")
+
+    values: dict[tuple[str, str, int, str], list[float]] = {}
+    choices: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+
+    def record(method: str, proto: str, s: int, pred: np.ndarray, choice: dict[str, Any]) -> None:
+        values.setdefault((method, proto, s, "top1"), []).append(float((pred == y_test).mean()))
+        values.setdefault((method, proto, s, "balanced_accuracy"), []).append(
+            float(balanced_accuracy_score(y_test, pred)))
+        choices.setdefault((method, proto, s), []).append(choice)
+
+    sources = {m: FeatureSource(m, store, tile_size=size, device=dev, pool=pool)
+               for m in BASELINES}
+    sources["pretrained"] = FeatureSource("pretrained", store, tile_size=size, device=dev,
+                                          pool=pool, model=trained.model)
+    test_features = {m: src(test) for m, src in sources.items()}
     for r in range(repeats):
         random_seed = derive_seed(seed, r, 10**6)
-        for init in INITS:
-            base = (trained.model if init == "pretrained"
-                    else fresh_network(trained.spec, n_outputs=len(classes), seed=random_seed))
-            if "head" in protocols and init == "random":
-                test_f = head_features(base.to(dev), test_batches())
-            elif "head" in protocols:  # frozen pretrained features: the same in every repeat
-                if pretrained_test_f is None:
-                    pretrained_test_f = head_features(base.to(dev), test_batches())
-                test_f = pretrained_test_f
-            work = None  # one working copy per (repeat, init), overwritten for every shot count
-            for s in shots:
-                idx = draws[(r, s)]
+        random_net = fresh_network(spec, n_outputs=len(classes), seed=random_seed, device=dev)
+        if "linear" in protocols:
+            sources["random_init"] = FeatureSource("random_init", store, tile_size=size,
+                                                   device=dev, pool=pool, model=random_net)
+            test_features["random_init"] = sources["random_init"](test)
+        for s in shots:
+            idx = sample_shots(labels, split.train, shots=s,
+                               rng=np.random.default_rng(derive_seed(seed, r, s)))
+            y = np.searchsorted(classes, labels[idx])
+            run_seed = derive_seed(seed, r, s, 1)
+            if "linear" in protocols:
+                for method in METHODS:
+                    src = sources[method]
+                    feats = src(idx)
+                    pick = choose(feats, y, default_layer=src.default_layer, seed=run_seed)
+                    probe = fit_frozen(feats[pick.layer], y, choice=pick, seed=run_seed)
+                    pred = probe_predict(probe, test_features[method][pick.layer])
+                    label = layer_label(spec.arch, pick.layer) if src.model is not None else None
+                    record(method, "linear", s, pred,
+                           {"layer": label, "weight_decay": pick.weight_decay,
+                            "validated": pick.validated})
+            if "finetune" in protocols:
                 x = read_float_tiles(store, idx, tile_size=size)
-                y = np.searchsorted(classes, labels[idx])
-                run_seed = derive_seed(seed, r, s)
-                if "all" in protocols:
-                    work = as_classifier(base, trained.spec, n_classes=len(classes),
-                                         seed=run_seed, device=dev, into=work)
-                    finetune_all(work, x, torch.as_tensor(y), settings=settings, seed=run_seed)
-                    a = float((predict(work, test_batches()) == y_test).mean())
-                    acc.setdefault(("all", init, s), []).append(a)
-                if "head" in protocols:
-                    a = head_accuracy(head_features(base.to(dev), x.split(256)), y, test_f, y_test,
-                                      settings=settings, seed=run_seed)
-                    acc.setdefault(("head", init, s), []).append(a)
-            log(f"repeat {r + 1}/{repeats}, {init}: " + ", ".join(
-                f"{p} {s}-shot {100 * acc[(p, init, s)][-1]:.1f}%" for p in protocols for s in shots))
-    rows = [ShotRow(protocol=p, init=i, shots=s, accuracies=acc[(p, i, s)])
-            for p in protocols for s in shots for i in INITS]
-    return FinetuneResult(rows=rows, settings=asdict(settings), n_classes=len(classes),
-                          n_test=len(test), split=split.source, checkpoint=str(trained.source),
-                          seed=seed)
+                test_x = read_float_tiles(store, test, tile_size=size)
+                for method in NETWORKS:
+                    base = trained.model if method == "pretrained" else random_net
+
+                    def make_net(base: torch.nn.Module = base) -> torch.nn.Module:
+                        return as_classifier(base, spec, n_classes=len(classes), seed=run_seed,
+                                             device=dev)
+
+                    net, picked = select_and_finetune(make_net, x, y, settings=settings,
+                                                      seed=run_seed)
+                    record(method, "finetune", s, predict(net, test_x.split(256)), picked)
+        log(f"repeat {r + 1}/{repeats}: " + ", ".join(
+            f"{m}/{p} {s}-shot {100 * v[-1]:.1f}%" for (m, p, s, metric), v in values.items()
+            if metric == "top1" and len(v) == r + 1 and s == max(shots)))
+
+    rows = [Row(method=m, protocol=p, shots=s, metric=metric, **_summary(v),
+                values=v, choices=choices[(m, p, s)])
+            for (m, p, s, metric), v in values.items()]
+    rows.sort(key=lambda row: (row.shots, METHODS.index(row.method), row.protocol, row.metric))
+    return FinetuneResult(
+        rows=rows, verdict=[judge(rows, shots=s, protocol=protocols[0]) for s in shots],
+        split=split.source, n_classes=len(classes), n_test=len(test),
+        checkpoint=str(trained.source), seed=seed,
+        settings={"protocols": list(protocols), "finetune": asdict(settings), "repeats": repeats})
+
+
+def probe_predict(probe: LinearClassifier, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return probe.classes[probe.scores(torch.as_tensor(x)).argmax(1).numpy()]
+
+
+def _summary(v: list[float]) -> dict[str, Any]:
+    ci = mean_ci(v)
+    bounded = np.isfinite(ci.low)
+    return {"mean": ci.mean, "ci_low": ci.low if bounded else None,
+            "ci_high": ci.high if bounded else None, "repeats": ci.n}
+
+
+def judge(rows: list[Row], *, shots: int, protocol: str, metric: str = "top1") -> Verdict:
+    """Pretrained (`protocol`) against the baseline row with the highest mean at `shots`."""
+    at = [r for r in rows if r.shots == shots and r.metric == metric]
+    ours = next(r for r in at if (r.method, r.protocol) == ("pretrained", protocol))
+    best = max((r for r in at if r.method != "pretrained"), key=lambda r: r.mean)
+    diff = mean_ci(np.asarray(ours.values) - np.asarray(best.values))
+    bounded = np.isfinite(diff.low)
+    return Verdict(shots=shots, result=verdict(diff), method=f"pretrained/{protocol}",
+                   best_baseline=f"{best.method}/{best.protocol}", difference=diff.mean,
+                   ci_low=diff.low if bounded else None, ci_high=diff.high if bounded else None)

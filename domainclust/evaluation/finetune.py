@@ -1,120 +1,95 @@
-"""Low-shot fine-tuning: n labelled tiles per class, pretrained vs the same network at random init.
+"""Full fine-tuning on a few labelled tiles, with its learning rate and length chosen on them.
 
-Two protocols: `all` fine-tunes the whole network (new top layer, BatchNorm in training mode,
-SGD with random translations) for a fixed number of steps; `head` keeps the backbone frozen and
-fits a logistic regression on its ReLU'd clustering feature. Pretrained and random-init runs get
-the same budget, the same shots and the same test split. Every draw is seeded by
-(seed, repeat, shots), so a run is reproducible and each repeat draws fresh shots.
+The same procedure for every initialisation: for each learning rate of the grid, train on part
+of the shots and score the held-out shots at each training length of the grid (BatchNorm
+statistics recomputed on the training part first); the pair with the best mean score over the
+inner folds is then trained on all the shots. With one shot per class the defaults are used.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from domainclust.evaluation.linear import fit_linear
+from domainclust.evaluation.frozen import inner_folds
+from domainclust.evaluation.training import augment, predict, recompute_batchnorm, sgd
 from domainclust.model import DeepClusterNet
 
-PROTOCOLS = ("all", "head")
 
-
-@dataclass
+@dataclass(frozen=True)
 class FinetuneSettings:
-    """The budget of one fine-tuning run (identical for pretrained and random init)."""
+    """The grid and budget of full fine-tuning (identical for every initialisation)."""
 
-    steps: int = 20  # a 10-repeat run over 1, 5, 10 shots takes minutes on 2 CPU cores at 32 px
+    lrs: tuple[float, ...] = (0.003, 0.01, 0.03)
+    steps: tuple[int, ...] = (25, 50, 100)  # candidate lengths, scored along one run
+    default_lr: float = 0.01
+    default_steps: int = 50
     batch_size: int = 32
-    lr: float = 0.005  # 0.01-0.02 made the pretrained AlexNet's 20-step runs unstable on MNIST
     momentum: float = 0.9
     weight_decay: float = 5e-4
     shift: float = 0.1  # random translation, as a fraction of the tile side
     flip: bool = False  # horizontal flips (off: they change the meaning of digits and text)
-    head_weight_decay: float = 1e-3
+    folds: int = 2
 
 
-def derive_seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] % 2**31)
-
-
-def augment(x: torch.Tensor, *, shift: float, flip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Random per-tile translation (up to `shift` of the side, zero fill) and optional h-flip."""
-    if shift <= 0 and not flip:
-        return x
-    n = len(x)
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
-    if flip:
-        theta[:, 0, 0] = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
-    theta[:, :, 2] = (torch.rand(n, 2, generator=generator) * 2 - 1) * 2 * shift
-    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-@torch.no_grad()
-def predict(net: DeepClusterNet, batches: Iterable[torch.Tensor]) -> np.ndarray:
-    """Class indices for batches of float tiles (eval mode)."""
-    net.eval()
-    device = next(net.parameters()).device
-    return torch.cat([net(x.to(device)).argmax(1).cpu() for x in batches]).numpy()
-
-
-def sgd(params: list[torch.nn.Parameter], *, lr: float, momentum: float,
-        weight_decay: float) -> torch.optim.SGD:
-    """SGD, fused where torch supports it: the unfused update of AlexNet's 57M weights costs
-    more than the forward pass of a small batch of small tiles."""
-    try:
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                               fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-
-
-def finetune_all(
-    net: DeepClusterNet, x: torch.Tensor, y: torch.Tensor, *, settings: FinetuneSettings,
-    seed: int,
-) -> DeepClusterNet:
-    """Train every layer of `net` (its top layer already sized to the classes) on (x, y)."""
+def train_steps(
+    net: DeepClusterNet, x: torch.Tensor, y: torch.Tensor, *, lr: float, steps: tuple[int, ...],
+    settings: FinetuneSettings, seed: int,
+    score: Callable[[DeepClusterNet], float] | None = None,
+) -> dict[int, float]:
+    """Train every layer of `net` for max(steps) SGD steps; `score(net)` after each length in
+    `steps` (BatchNorm statistics recomputed on `x` before scoring)."""
     s = settings
     device = next(net.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout
-    optimizer = sgd(list(net.parameters()), lr=s.lr, momentum=s.momentum,
+    optimizer = sgd(list(net.parameters()), lr=lr, momentum=s.momentum,
                     weight_decay=s.weight_decay)
     batch = min(s.batch_size, len(x))
-    order = torch.randperm(len(x), generator=generator)
-    cursor = 0
-    net.train()
-    for _ in range(s.steps):
-        if cursor + batch > len(order):  # a fresh epoch over the few shots
+    order, cursor = torch.randperm(len(x), generator=generator), 0
+    scores: dict[int, float] = {}
+    for step in range(1, max(steps) + 1):
+        net.train()
+        if cursor + batch > len(order):  # a fresh pass over the few shots
             order, cursor = torch.randperm(len(x), generator=generator), 0
         idx = order[cursor : cursor + batch]
         cursor += batch
         xb = augment(x[idx], shift=s.shift, flip=s.flip, generator=generator).to(device)
         loss = F.cross_entropy(net(xb), y[idx].to(device))
-        optimizer.zero_grad(set_to_none=False)  # reuse grad buffers: no page faults
+        optimizer.zero_grad(set_to_none=False)
         loss.backward()
         optimizer.step()
-    return net
+        if step in steps:
+            recompute_batchnorm(net, x)
+            if score is not None:
+                scores[step] = score(net)
+    return scores
 
 
-@torch.no_grad()
-def head_features(net: DeepClusterNet, batches: Iterable[torch.Tensor]) -> np.ndarray:
-    """L2-normalised ReLU'd clustering features of frozen `net` (eval mode)."""
-    net.eval()
-    device = next(net.parameters()).device
-    parts = [F.normalize(torch.relu(net.features(x.to(device))), dim=1).cpu() for x in batches]
-    return torch.cat(parts).numpy()
-
-
-def head_accuracy(
-    train: np.ndarray, y_train: np.ndarray, test: np.ndarray, y_test: np.ndarray, *,
+def select_and_finetune(
+    make_net: Callable[[], DeepClusterNet], x: torch.Tensor, y: np.ndarray, *,
     settings: FinetuneSettings, seed: int,
-) -> float:
-    """Top-1 of a logistic regression on frozen (already L2-normalised) features."""
-    probe = fit_linear(train, y_train, weight_decay=settings.head_weight_decay, seed=seed,
-                       standardise=False)
-    return probe.accuracy(test, y_test)
+) -> tuple[DeepClusterNet, dict[str, object]]:
+    """Pick (lr, steps) by inner CV on (x, y), then fine-tune a fresh `make_net()` on all."""
+    s = settings
+    yt = torch.as_tensor(y)
+    folds = inner_folds(y, seed=seed, max_folds=s.folds)
+    lr, steps, validated = s.default_lr, s.default_steps, False
+    if folds:
+        table = np.zeros((len(s.lrs), len(s.steps)))
+        for tr, va in folds:
+            for i, candidate in enumerate(s.lrs):
+                net = make_net()
+                scores = train_steps(
+                    net, x[tr], yt[tr], lr=candidate, steps=s.steps, settings=s, seed=seed,
+                    score=lambda n: float((predict(n, x[va].split(256)) == y[va]).mean()))
+                table[i] += [scores[n] for n in s.steps]
+        i, j = np.unravel_index(int(np.argmax(table)), table.shape)
+        lr, steps, validated = s.lrs[i], s.steps[j], True
+    net = make_net()
+    train_steps(net, x, yt, lr=lr, steps=(steps,), settings=s, seed=seed)
+    return net, {"lr": lr, "steps": steps, "validated": validated}

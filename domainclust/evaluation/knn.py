@@ -10,7 +10,7 @@ import faiss
 import numpy as np
 import torch
 
-from domainclust.evaluation.data import make_split
+from domainclust.evaluation.data import store_split
 from domainclust.evaluation.features import FEATURES, extract_layers, layer_label, resolve_layers
 from domainclust.evaluation.inputs import open_inputs
 from domainclust.extract import extract_features
@@ -98,7 +98,8 @@ def evaluate_knn(
     """k-NN accuracy of the checkpoint's frozen features on a labelled store, one per layer."""
     inputs = open_inputs(checkpoint, store_path, labels_path=labels_path, device=device)
     dev, store, labels, trained = inputs.device, inputs.store, inputs.labels, inputs.trained
-    split = make_split(labels, split_path=split_path, test_fraction=test_fraction, seed=seed)
+    split = store_split(store, labels, split_path=split_path,
+                        test_fraction=test_fraction, seed=seed)
     names = resolve_layers(trained.model, layers or [FEATURES])
     both = np.concatenate([split.train, split.test])
     feats = extract_layers(trained.model, store, indices=both, layers=names,

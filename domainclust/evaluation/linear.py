@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from domainclust.evaluation.data import make_split, stratified_split
+from domainclust.evaluation.data import store_split, stratified_split
 from domainclust.evaluation.features import extract_layers, layer_label, resolve_layers
 from domainclust.evaluation.inputs import open_inputs
 from domainclust.evaluation.models import fresh_network
@@ -150,7 +150,8 @@ def evaluate_linear(
     model = trained.model
     if random_init:
         model = fresh_network(trained.spec, n_outputs=2, seed=seed, device=dev)
-    split = make_split(labels, split_path=split_path, test_fraction=test_fraction, seed=seed)
+    split = store_split(store, labels, split_path=split_path,
+                        test_fraction=test_fraction, seed=seed)
     names = resolve_layers(model, layers)
     both = np.concatenate([split.train, split.test])
     start = time.perf_counter()

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from domainclust.evaluation.fewshot import FinetuneResult
 from domainclust.rundir import atomic_write, atomic_write_text
 
@@ -20,17 +22,26 @@ def write_json(path: Path, values: Any) -> Path:
 def finetune_csv(result: FinetuneResult) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    n = len(result.rows[0].accuracies)
-    writer.writerow(["protocol", "init", "shots", "mean", "std", "repeats",
-                     *[f"repeat_{i}" for i in range(n)]])
+    n = max(r.repeats for r in result.rows)
+    writer.writerow(["method", "protocol", "shots", "metric", "mean", "ci_low", "ci_high",
+                     "repeats", *[f"repeat_{i}" for i in range(n)]])
     for r in result.rows:
-        writer.writerow([r.protocol, r.init, r.shots, f"{r.mean:.6f}", f"{r.std:.6f}", n,
-                         *[f"{a:.6f}" for a in r.accuracies]])
+        writer.writerow([r.method, r.protocol, r.shots, r.metric, f"{r.mean:.6f}",
+                         _num(r.ci_low), _num(r.ci_high), r.repeats,
+                         *[f"{a:.6f}" for a in r.values]])
     return buf.getvalue()
 
 
+def _num(v: float | None) -> str:
+    return "" if v is None else f"{v:.6f}"
+
+
+COLOURS = {"pretrained": "tab:blue", "random_init": "tab:grey", "raw_pixels": "tab:orange",
+           "channel_stats": "tab:green"}
+
+
 def plot_finetune(result: FinetuneResult, path: Path) -> Path:
-    """Accuracy vs shots per class (log x), pretrained vs random init, ±1 std bands."""
+    """Top-1 vs shots per class (log x) for every method, one panel per protocol, 95% CIs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,20 +50,24 @@ def plot_finetune(result: FinetuneResult, path: Path) -> Path:
     protocols = sorted({r.protocol for r in result.rows})
     fig, axes = plt.subplots(1, len(protocols), figsize=(5 * len(protocols), 4), squeeze=False)
     for ax, protocol in zip(axes[0], protocols):
-        for init, colour in (("pretrained", "tab:blue"), ("random", "tab:grey")):
-            rows = sorted((r for r in result.rows if (r.protocol, r.init) == (protocol, init)),
-                          key=lambda r: r.shots)
+        for method, colour in COLOURS.items():
+            rows = sorted((r for r in result.rows if (r.protocol, r.method, r.metric)
+                           == (protocol, method, "top1")), key=lambda r: r.shots)
+            if not rows:
+                continue
             x = [r.shots for r in rows]
-            mean = [100 * r.mean for r in rows]
-            std = [100 * r.std for r in rows]
-            label = "DeepCluster" if init == "pretrained" else "random init"
-            ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, color=colour, label=label)
+            mean = np.array([100 * r.mean for r in rows])
+            low = np.array([100 * (r.ci_low if r.ci_low is not None else r.mean) for r in rows])
+            high = np.array([100 * (r.ci_high if r.ci_high is not None else r.mean) for r in rows])
+            ax.errorbar(x, mean, yerr=[mean - low, high - mean], marker="o", capsize=3,
+                        color=colour, label=method.replace("_", " "))
+            ax.set_xticks(x, [str(v) for v in x])
         ax.set_xscale("log")
-        ax.set_xticks(x, [str(v) for v in x])
         ax.minorticks_off()
         ax.set_xlabel("labelled examples per class")
         ax.set_ylabel("test top-1 (%)")
-        ax.set_title(f"fine-tuning: {'all layers' if protocol == 'all' else 'head only'}")
+        ax.set_title("frozen features + logistic regression" if protocol == "linear"
+                     else "all layers fine-tuned")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
