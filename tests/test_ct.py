@@ -28,7 +28,7 @@ from domainclust.cli import app
 from domainclust.errors import DomainclustError
 from domainclust.modality import get_modality
 from domainclust.store import TileStore
-from modalities.ct import DEFAULT_WINDOWS, MODALITY
+from modalities.medical.ct import DEFAULT_WINDOWS, MODALITY
 
 SMALL = {"spacing": None, "tile_size": 32, "max_background": 1.0}  # 16x16 px slices: keep all
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modalities._medical_tiles import (
+from modalities.medical.tiles import (
     gather_tiles,
     pad_to_tile,
     resample_inplane,
@@ -13,7 +13,7 @@ from modalities._medical_tiles import (
     slab_indices,
     tile_starts,
 )
-from modalities._medical_volume import check_slice_spacing, display_name, hashed, scrub
+from modalities.medical.volume import check_slice_spacing, display_name, hashed, scrub
 
 
 def test_regular_spacing_has_no_problem() -> None:

@@ -28,9 +28,9 @@ from medical_data import (
 from domainclust.errors import DomainclustError
 from domainclust.modality import get_modality
 from domainclust.store import TileStore
-from modalities._medical_dicom import load_series
-from modalities._medical_nifti import load_nifti
-from modalities.mri import MODALITY
+from modalities.medical.dicom import load_series
+from modalities.medical.nifti import load_nifti
+from modalities.medical.mri import MODALITY
 
 WHOLE = {"spacing": None, "max_background": 1.0}  # native pixels, every tile kept
 

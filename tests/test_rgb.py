@@ -19,7 +19,7 @@ from domainclust import cli
 from domainclust.errors import DomainclustError
 from domainclust.ingest import REPORT_NAME, run_ingest
 from domainclust.store import TileStore
-from modalities.rgb import MODALITY, RgbAdapter
+from modalities.images.rgb import MODALITY, RgbAdapter
 
 SIZE = 48
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry")

@@ -21,7 +21,7 @@ from domainclust.errors import DomainclustError
 from domainclust.ingest import REPORT_NAME
 from domainclust.model import DeepClusterNet
 from domainclust.store import TileStore
-from modalities.rgbd import MODALITY
+from modalities.images.rgbd import MODALITY
 
 # Calibration of the down-sampled pair, from `skimage.data.stereo_motorcycle`'s docstring.
 FOCAL_PX, BASELINE_M, DOFFS_PX = 994.978, 0.193001, 31.086

@@ -28,7 +28,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
 from domainclust.ingest import Skip, SourceItem
-from modalities._medical_volume import Volume, check_slice_spacing, hashed, scrub
+from modalities.medical.volume import Volume, check_slice_spacing, hashed, scrub
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 HEADER_TAGS = ["Modality", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Rows",

@@ -21,7 +21,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from domainclust.errors import DomainclustError
-from modalities._geo_options import BandRequest
+from modalities.geo.options import BandRequest
 
 SCENE_SUFFIXES = (".tif", ".tiff")
 STEM = "{stem}"

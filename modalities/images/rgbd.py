@@ -45,7 +45,7 @@ from domainclust.errors import DomainclustError
 from domainclust.ingest import SourceItem, TileBatch, run_ingest
 from domainclust.modality import Modality
 from domainclust.store import StoreSpec
-from modalities._images import (
+from modalities.images.decode import (
     IMAGE_EXTENSIONS,
     UnreadableFile,
     decode_rgb,
@@ -54,7 +54,7 @@ from modalities._images import (
     square_tile,
     walk_files,
 )
-from modalities._items import (
+from modalities.images.items import (
     Entry,
     class_names,
     entries_of,
