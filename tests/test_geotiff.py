@@ -243,7 +243,7 @@ def test_bad_inputs_are_skipped_with_reasons(scenes: Path, tmp_path: Path) -> No
     (folder / "garbled.tif").write_bytes(bytes(garbled))
 
     report = ingest([folder], tmp_path / "mixed.zarr")
-    reasons = {Path(s["item"].split("@")[0]).name: s["reason"] for s in report["skipped"]}
+    reasons = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
     assert set(reasons) == {"four_band.tif", "all_nodata.tif", "no_crs.tif", "tiny.tif",
                             "notes.tif", "garbled.tif"}
     assert re.search(r"has 4 band\(s\) where \d+ other scene\(s\) have 13",
@@ -293,7 +293,7 @@ def test_per_scene_label_files_missing_or_misaligned(scenes: Path, tmp_path: Pat
     shutil.copy(scenes / "s2_wgs84.tif", folder / "c.tif")
     shutil.copy(scenes / "s2_33n_labels.tif", folder / "c_labels.tif")  # another grid
     report = ingest([folder], tmp_path / "l.zarr", labels=LABEL_RULE)
-    reasons = {Path(s["item"]).name: s["reason"] for s in report["skipped"]}
+    reasons = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
     assert "b_labels.tif does not exist" in reasons["b.tif"]
     assert "not on the scene's pixel grid" in reasons["c.tif"]
     assert TileStore(tmp_path / "l.zarr").attrs["provenance"]["scenes"][0].endswith("a.tif")
@@ -417,7 +417,7 @@ def test_cli_ingest_then_pretrain_one_epoch(scenes: Path, tmp_path: Path) -> Non
                                  "--set", f"tile_size={TILE}", "--set", f"labels={LABEL_RULE}",
                                  "--quiet"])
     assert result.exit_code == 0, result.output
-    assert "0 item(s) skipped" in result.output
+    assert "0 file(s) skipped" in result.output
     env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     result = runner.invoke(app, ["pretrain", "--modality", "geotiff", "--store", str(out),
                                  "--run-dir", str(run_dir), "--set", "epochs=1", "--set", "k=4",

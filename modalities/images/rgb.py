@@ -127,11 +127,11 @@ class RgbAdapter:
         opts = parse_options(RgbOptions, options, modality="rgb")
         tiles, kept, failed = [], [], []
         meta: dict[str, list[Any]] = {"position": [], "image_size": [], "item_index": []}
-        for i, name, (path,) in entries_of(item):
+        for i, _, (path,) in entries_of(item):
             try:
                 image = decode_rgb(path, reduce_for=opts.tile_size if opts.fast_jpeg else None)
             except UnreadableFile as exc:
-                failed.append((name, str(exc)))
+                failed.append((i, str(exc)))
                 continue
             tile, box = square_tile(image, opts.tile_size)
             tiles.append(tile)

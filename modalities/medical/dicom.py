@@ -2,21 +2,24 @@
 
 pydicom is used directly rather than through MONAI's `PydicomReader`, which stacks a folder
 ordered by InstanceNumber, takes the slice step from the z coordinate only and does not split
-a folder by SeriesInstanceUID. Here a folder is grouped by SeriesInstanceUID, slices are
-ordered by ImagePositionPatient projected on the normal of ImageOrientationPatient, and every
-slice must share orientation, pixel spacing and size. Pixels are decoded by pydicom and, for
-CT, mapped to Hounsfield units by pydicom's modality LUT (RescaleSlope/Intercept).
-Enhanced (multi-frame) CT/MR files are read through their functional groups.
+a folder by SeriesInstanceUID. Here a folder is grouped by SeriesInstanceUID and split into
+echoes and phases (EchoTime, TemporalPositionIdentifier, then AcquisitionNumber where slices
+still share positions, as dcm2niix does); slices are ordered by ImagePositionPatient projected
+on the normal of ImageOrientationPatient. Each slice is validated on its own: one that cannot
+be read or decoded, or that disagrees with the rest of its series (modality, orientation, size,
+pixel spacing), is left out and reported alone, and the others form the volume, split into
+contiguous runs where slices are missing. Pixels are decoded by pydicom and, for CT, mapped to
+Hounsfield units by pydicom's modality LUT (RescaleSlope/Intercept). Enhanced (multi-frame)
+CT/MR files are read through their functional groups.
 
-Nothing identifying leaves this module: item keys are salted hashes of UIDs, and reasons name
-files through `display_name`.
+Nothing identifying leaves this module: item keys are salted hashes of UIDs, and reasons never
+name files (the ingest report adds the paths, outside the store).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +31,23 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
 from domainclust.ingest import Skip, SourceItem
-from modalities.medical.volume import Volume, check_slice_spacing, hashed, scrub
+from modalities.medical.volume import (
+    DUPLICATE_MM,
+    Volume,
+    check_slice_spacing,
+    contiguous_runs,
+    hashed,
+    scrub,
+)
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 HEADER_TAGS = ["Modality", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Rows",
-               "NumberOfFrames"]
+               "NumberOfFrames", "EchoTime", "EchoNumbers", "TemporalPositionIdentifier",
+               "AcquisitionNumber", "ImagePositionPatient", "ImageOrientationPatient"]
+# Series are split by these (in this order) when they vary, as dcm2niix does; AcquisitionNumber
+# only where slices would otherwise share a position (some scanners number every slice).
+ALWAYS_SPLIT = ("EchoTime", "EchoNumbers", "TemporalPositionIdentifier")
+SPLIT_IF_STACKED = "AcquisitionNumber"
 ADAPTER_FOR = {"CT": "ct", "MR": "mri"}
 ORIENTATION_TOL = 1e-3
 
@@ -57,22 +72,17 @@ def read_header(path: Path) -> Dataset | str:
 
 
 def group_series(
-    files: list[Path],
-    *,
-    expected: str,
-    adapter: str,
-    salt: str,
-    name_of: Callable[[Path], str],
+    files: list[Path], *, expected: str, adapter: str, salt: str
 ) -> list[SourceItem]:
-    """One item per SeriesInstanceUID (multi-frame files: one each); unusable files and series
-    of another modality become items that `read` skips with the reason."""
+    """One item per series (per echo/phase, see `split_series`; multi-frame files: one each).
+    Unusable files, files of another modality inside a series, and series of another modality
+    become items that `read` skips with the reason."""
     items: list[SourceItem] = []
     series: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
     for path in files:
         header = read_header(path)
         if isinstance(header, str):
-            items.append(_skip_item(f"file-{hashed(salt, str(path.resolve()))}",
-                                    f"{name_of(path)} {header}", path))
+            items.append(_skip_item(f"file-{hashed(salt, str(path.resolve()))}", header, path))
             continue
         if getattr(header, "file_meta", None) is not None and \
                 header.file_meta.get("MediaStorageSOPClassUID") == DICOMDIR_SOP_CLASS:
@@ -82,37 +92,97 @@ def group_series(
 
     for uid, members in series.items():
         key = f"series-{hashed(salt, uid)}"
-        paths = [p for p, _ in members]
-        modalities = sorted({str(h.get("Modality", "")) for _, h in members})
-        reason = _series_problem(modalities, members, expected=expected, adapter=adapter)
-        if reason:
-            items.append(_skip_item(key, f"series of {len(paths)} file(s): {reason}", *paths))
+        modalities = [str(h.get("Modality", "")) for _, h in members]
+        if expected not in modalities:
+            reason = _series_problem(sorted(set(modalities)), expected=expected, adapter=adapter)
+            items.append(_skip_item(key, f"series of {len(members)} file(s): {reason}",
+                                    *[p for p, _ in members]))
             continue
-        single = [(p, h) for p, h in members if int(h.get("NumberOfFrames", 1) or 1) <= 1]
+        for (path, _), found in zip(members, modalities):
+            if found != expected:
+                items.append(_skip_item(
+                    f"file-{hashed(salt, str(path.resolve()))}",
+                    f"Modality is {found or 'missing'} in a {expected} series: left out of it",
+                    path))
+        members = [(p, h) for (p, h), m in zip(members, modalities) if m == expected]
+        if not any("Rows" in h for _, h in members):
+            items.append(_skip_item(key, f"series of {len(members)} file(s): holds no images "
+                                         "(structured report, RT object or presentation state?)",
+                                    *[p for p, _ in members]))
+            continue
+        single = [(p, h) for p, h in members if _frames(h) <= 1]
         for path, header in members:
-            if int(header.get("NumberOfFrames", 1) or 1) > 1:
+            if _frames(header) > 1:
                 sop = str(header.get("SOPInstanceUID", path.resolve()))
                 items.append(SourceItem(key=f"frames-{hashed(salt, uid, sop)}", paths=[path],
-                                        info={"kind": "dicom-frames", "names": [name_of(path)]}))
-        if single:
-            items.append(SourceItem(key=key, paths=[p for p, _ in single], info={
-                "kind": "dicom-series", "names": [name_of(p) for p, _ in single]}))
+                                        info={"kind": "dicom-frames"}))
+        for split, part in split_series(single):
+            items.append(SourceItem(
+                key=key if not split else f"series-{hashed(salt, uid, *split)}",
+                paths=[p for p, _ in part], info={"kind": "dicom-series"}))
     return items
 
 
-def _series_problem(
-    modalities: list[str], members: list[tuple[Path, Dataset]], *, expected: str, adapter: str
-) -> str | None:
+def _frames(header: Dataset) -> int:
+    try:
+        return int(header.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return 1  # a damaged count: read as one frame, and fail there if it is not
+
+
+def split_series(
+    members: list[tuple[Path, Dataset]],
+) -> list[tuple[tuple[str, ...], list[tuple[Path, Dataset]]]]:
+    """The series as (split values, members) parts: one per echo and phase, and per acquisition
+    where slices of one part would share a position. No split: one part with no values."""
+    parts: list[tuple[tuple[str, ...], list[tuple[Path, Dataset]]]] = [((), members)]
+    for keyword in (*ALWAYS_SPLIT, SPLIT_IF_STACKED):
+        out = []
+        for values, part in parts:
+            groups: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
+            for path, header in part:
+                groups[f"{keyword}={_text(header.get(keyword))}"].append((path, header))
+            if len(groups) > 1 and (keyword != SPLIT_IF_STACKED or _stacked(part)):
+                out += [((*values, g), groups[g]) for g in sorted(groups)]
+            else:
+                out.append((values, part))
+        parts = out
+    return parts
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    try:
+        return f"{float(value):g}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _stacked(members: list[tuple[Path, Dataset]]) -> bool:
+    """Whether two members of one orientation sit at the same position (header values;
+    members that cannot be placed are ignored)."""
+    seen = set()
+    for _, header in members:
+        try:
+            iop = [float(v) for v in header.get("ImageOrientationPatient")]
+            ipp = np.asarray([float(v) for v in header.get("ImagePositionPatient")])
+            at = (*np.round(iop, 3).tolist(), round(float(ipp @ np.cross(iop[:3], iop[3:])), 2))
+        except (TypeError, ValueError):
+            continue
+        if at in seen:
+            return True
+        seen.add(at)
+    return False
+
+
+def _series_problem(modalities: list[str], *, expected: str, adapter: str) -> str:
     if len(modalities) > 1:
-        return f"mixed modalities {'/'.join(modalities)} in one series"
+        return f"modalities {'/'.join(modalities)}, none of them {expected}"
     found = modalities[0] or "unknown"
-    if found != expected:
-        other = ADAPTER_FOR.get(found)
-        hint = f"; ingest it with --modality {other}" if other else ""
-        return f"modality is {found}, the {adapter} adapter reads {expected}{hint}"
-    if not any("Rows" in h for _, h in members):
-        return "holds no images (structured report, RT object or presentation state?)"
-    return None
+    other = ADAPTER_FOR.get(found)
+    hint = f"; ingest it with --modality {other}" if other else ""
+    return f"modality is {found}, the {adapter} adapter reads {expected}{hint}"
 
 
 def _skip_item(key: str, reason: str, *paths: Path) -> SourceItem:
@@ -162,21 +232,28 @@ def _order(
     first = geometries[0]
     for g in geometries[1:]:
         if np.abs(g.orientation - first.orientation).max() > ORIENTATION_TOL:
-            raise Skip("slices have different orientations (a localizer or a set of "
-                       "reformats stored as one series?)")
+            raise Skip(DIFFERENT_ORIENTATIONS)
         if g.shape != first.shape or not np.allclose(g.pixel_spacing, first.pixel_spacing,
                                                      rtol=1e-3):
             raise Skip("slices differ in size or pixel spacing")
-    normal = np.cross(first.orientation[:3], first.orientation[3:])
-    if not np.isclose(np.linalg.norm(normal), 1.0, atol=1e-2):
-        raise Skip("ImageOrientationPatient does not hold two orthogonal unit vectors")
-    positions = np.array([g.position @ normal for g in geometries])
+    positions = np.array([g.position @ _normal(first) for g in geometries])
     order = np.argsort(positions, kind="stable")
     check = check_slice_spacing(positions[order], tolerance=tolerance, fallback_step=fallback_step)
     if check.problem and (check.fatal or irregular == "skip"):
         hint = "" if check.fatal else "; set irregular=keep to use it anyway"
         raise Skip(check.problem + hint)
     return order, positions[order], check.step
+
+
+DIFFERENT_ORIENTATIONS = ("slices have different orientations (a localizer or a set of "
+                          "reformats stored as one series?)")
+
+
+def _normal(g: SliceGeometry) -> np.ndarray:
+    normal = np.cross(g.orientation[:3], g.orientation[3:])
+    if not np.isclose(np.linalg.norm(normal), 1.0, atol=1e-2):
+        raise Skip("ImageOrientationPatient does not hold two orthogonal unit vectors")
+    return normal
 
 
 def _fallback_step(ds: Dataset) -> float:
@@ -190,62 +267,158 @@ def _fallback_step(ds: Dataset) -> float:
     return 0.0
 
 
-def _pixels(ds: Dataset, name: str) -> np.ndarray:
+def _pixels(ds: Dataset) -> np.ndarray:
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-        raise Skip(f"{name} is a colour image; CT/MR slices must be grayscale")
+        raise Skip("is a colour image; CT/MR slices must be grayscale")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for undecodable data
-        raise Skip(f"pixel data of {name} cannot be decoded "
-                   f"({type(exc).__name__}: {scrub(str(exc), [])})") from None
+        raise Skip(f"pixel data cannot be decoded ({type(exc).__name__}: "
+                   f"{scrub(str(exc), [])})") from None
 
 
-def _read_full(path: Path, name: str) -> Dataset:
+def _read_full(path: Path) -> Dataset:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return pydicom.dcmread(path, force=True)
     except Exception as exc:  # noqa: BLE001
-        raise Skip(f"{name} cannot be read ({type(exc).__name__}: "
-                   f"{scrub(str(exc), [path])})") from None
+        raise Skip(f"cannot be read ({type(exc).__name__}: {scrub(str(exc), [path])})") from None
+
+
+@dataclass
+class Slice:
+    """One validated slice of a series: its index in the item, header, geometry and pixels."""
+
+    index: int
+    ds: Dataset
+    geometry: SliceGeometry
+    pixels: np.ndarray
+
+
+def _read_slice(index: int, path: Path) -> Slice:
+    ds = _read_full(path)
+    try:
+        shape = (int(ds.get("Rows", 0)), int(ds.get("Columns", 0)))
+    except (TypeError, ValueError):
+        raise Skip("Rows/Columns are not numbers") from None
+    geometry = _geometry(ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient"),
+                         ds.get("PixelSpacing"), shape)
+    _normal(geometry)
+    pixels = _pixels(ds)
+    if pixels.shape != shape:
+        raise Skip(f"holds {pixels.shape} pixels, not one {shape[0]}x{shape[1]} slice")
+    return Slice(index, ds, geometry, pixels)
+
+
+def _agreeing(slices: list[Slice], dropped: dict[int, str]) -> list[Slice]:
+    """The slices that agree with the majority on orientation, size and pixel spacing; the
+    others go to `dropped`. Without a strict majority the series is skipped."""
+    checks = [
+        ("orientation", lambda a, b: np.abs(a.orientation - b.orientation).max() <= ORIENTATION_TOL,
+         DIFFERENT_ORIENTATIONS),
+        ("size", lambda a, b: a.shape == b.shape, "slices differ in size"),
+        ("pixel spacing", lambda a, b: np.allclose(a.pixel_spacing, b.pixel_spacing, rtol=1e-3),
+         "slices differ in pixel spacing"),
+    ]
+    for what, same, problem in checks:
+        groups: list[list[Slice]] = []
+        for s in slices:
+            home = next((g for g in groups if same(g[0].geometry, s.geometry)), None)
+            if home is None:
+                groups.append([s])
+            else:
+                home.append(s)
+        major = max(groups, key=len)
+        if len(groups) > 1 and 2 * len(major) <= len(slices):
+            raise Skip(problem)
+        for s in slices:
+            if not same(major[0].geometry, s.geometry):
+                dropped[s.index] = (f"its {what} differs from the other {len(major)} slices "
+                                    "of the series: left out of it")
+        slices = major
+    return slices
+
+
+def _unstacked(slices: list[Slice], positions: np.ndarray, dropped: dict[int, str]) -> list[int]:
+    """Indices (into `slices`, sorted by position) with one slice per position: exact copies
+    collapse to the first, and differing slices at one position are all left out."""
+    order = np.argsort(positions, kind="stable")
+    keep: list[int] = []
+    start = 0
+    while start < len(order):
+        stop = start + 1
+        while stop < len(order) and positions[order[stop]] - positions[order[start]] < DUPLICATE_MM:
+            stop += 1
+        group = [int(i) for i in order[start:stop]]
+        first = slices[group[0]]
+        if all(np.array_equal(slices[i].pixels, first.pixels) and _rescale(slices[i].ds)
+               == _rescale(first.ds) for i in group[1:]):
+            keep.append(group[0])
+            for i in group[1:]:
+                dropped[slices[i].index] = "an exact copy of another slice of the series"
+        else:
+            for i in group:
+                dropped[slices[i].index] = (
+                    f"shares its position ({positions[i]:.2f} mm) with {len(group) - 1} other "
+                    "slice(s) of different content (echoes or phases without EchoTime or "
+                    "TemporalPositionIdentifier?): which belongs to the volume is unknown")
+        start = stop
+    return keep
+
+
+def _rescale(ds: Dataset) -> tuple[str, str]:
+    return str(ds.get("RescaleSlope", "")), str(ds.get("RescaleIntercept", ""))
 
 
 def load_series(
     paths: list[Path],
-    names: list[str],
     *,
     hounsfield: bool,
     tolerance: float,
     irregular: str,
-) -> Volume:
-    """A single-frame series as a volume: HU for CT (`hounsfield`), stored values for MR.
+) -> tuple[Volume, list[tuple[int, str]]]:
+    """A single-frame series as a volume of its usable slices (in contiguous runs where slices
+    are missing), and the slices left out as (index in `paths`, reason). HU for CT
+    (`hounsfield`), stored values for MR.
 
     MR values have no physical unit and are normalised per volume later, so a rescale common to
     all slices changes nothing and is not applied; one that varies between slices (some vendors
     scale each slice) is applied so the slices share one scale.
     """
-    datasets = [_read_full(p, n) for p, n in zip(paths, names)]
-    geometries = [
-        _geometry(ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient"),
-                  ds.get("PixelSpacing"), (int(ds.get("Rows", 0)), int(ds.get("Columns", 0))))
-        for ds in datasets
-    ]
-    order, positions, step = _order(geometries, tolerance=tolerance, irregular=irregular,
-                                    fallback_step=_fallback_step(datasets[0]))
-    rescales = {(str(ds.get("RescaleSlope", "")), str(ds.get("RescaleIntercept", "")))
-                for ds in datasets}
-    apply_lut = hounsfield or len(rescales) > 1
-    slices = []
-    for i in order:
-        array = _pixels(datasets[i], names[i])
-        if array.ndim != 2:
-            raise Skip(f"{names[i]} holds {array.shape} pixels, not one 2-D slice")
-        slices.append(apply_modality_lut(array, datasets[i]) if apply_lut else array)
-    first = geometries[0]
-    return Volume(values=np.stack(slices).astype(np.float32),
-                  spacing=(step, *first.pixel_spacing), slice_positions=positions)
+    dropped: dict[int, str] = {}
+    slices: list[Slice] = []
+    for i, path in enumerate(paths):
+        try:
+            slices.append(_read_slice(i, path))
+        except Skip as exc:
+            dropped[i] = str(exc)
+    if slices:
+        slices = _agreeing(slices, dropped)
+    if not slices:
+        raise Skip(f"none of its {len(paths)} slice(s) is usable", files=sorted(dropped.items()))
+    normal = _normal(slices[0].geometry)
+    positions = np.array([s.geometry.position @ normal for s in slices])
+    kept = _unstacked(slices, positions, dropped)
+    if not kept:
+        raise Skip(f"none of its {len(paths)} slice(s) is usable", files=sorted(dropped.items()))
+    slices, positions = [slices[i] for i in kept], positions[kept]  # sorted by position
+    step = check_slice_spacing(positions, tolerance=tolerance,
+                               fallback_step=_fallback_step(slices[0].ds)).step
+    apply_lut = hounsfield or len({_rescale(s.ds) for s in slices}) > 1
+    values = np.stack([apply_modality_lut(s.pixels, s.ds) if apply_lut else s.pixels
+                       for s in slices]).astype(np.float32)
+    runs = contiguous_runs(positions, step=step)
+    for start, stop in runs:
+        check = check_slice_spacing(positions[start:stop], tolerance=tolerance, fallback_step=step)
+        if check.problem and irregular == "skip":
+            raise Skip(check.problem + "; set irregular=keep to use it anyway",
+                       files=sorted(dropped.items()))
+    volume = Volume(values=values, spacing=(step, *slices[0].geometry.pixel_spacing),
+                    slice_positions=positions, runs=runs)
+    return volume, sorted(dropped.items())
 
 
 def _functional(ds: Dataset, frame: Dataset | None, sequence: str) -> Dataset | None:
@@ -262,13 +435,13 @@ def _first(sequence: Any) -> Dataset | None:
 
 
 def load_multiframe(
-    path: Path, name: str, *, hounsfield: bool, tolerance: float, irregular: str
+    path: Path, *, hounsfield: bool, tolerance: float, irregular: str
 ) -> Volume:
     """An enhanced (multi-frame) CT/MR file as a volume, placed through its functional groups."""
-    ds = _read_full(path, name)
+    ds = _read_full(path)
     frames = ds.get("PerFrameFunctionalGroupsSequence")
     if not frames:
-        raise Skip(f"{name} is multi-frame without per-frame functional groups: "
+        raise Skip("is multi-frame without per-frame functional groups: "
                    "its frames cannot be placed in space")
     shape = (int(ds.get("Rows", 0)), int(ds.get("Columns", 0)))
     geometries, rescales = [], []
@@ -289,9 +462,9 @@ def load_multiframe(
                      or 0)
     order, positions, step = _order(geometries, tolerance=tolerance, irregular=irregular,
                                     fallback_step=fallback)
-    array = _pixels(ds, name)
+    array = _pixels(ds)
     if array.ndim != 3 or len(array) != len(frames):
-        raise Skip(f"{name}: pixel data {array.shape} does not match {len(frames)} frames")
+        raise Skip(f"pixel data {array.shape} does not match {len(frames)} frames")
     distinct = {(str(r.get("RescaleSlope")), str(r.get("RescaleIntercept"))) for r in rescales}
     apply_lut = hounsfield or len(distinct) > 1
     slices = [apply_modality_lut(array[i], rescales[i]) if apply_lut else array[i] for i in order]
