@@ -299,6 +299,37 @@ def test_per_scene_label_files_missing_or_misaligned(scenes: Path, tmp_path: Pat
     assert TileStore(tmp_path / "l.zarr").attrs["provenance"]["scenes"][0].endswith("a.tif")
 
 
+def relabel_crs(source: Path, target: Path, crs: CRS) -> None:
+    """A copy of the label raster `source` with the same grid numbers declared in `crs`."""
+    with rasterio.open(source) as src:
+        profile, data = src.profile, src.read()
+    with rasterio.open(target, "w", **{**profile, "crs": crs}) as dst:
+        dst.write(data)
+
+
+def test_label_raster_in_another_crs_accepted_only_if_corners_agree(
+    scenes: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "crs"
+    folder.mkdir()
+    for stem in ("same", "zone34"):
+        shutil.copy(scenes / "s2_33n.tif", folder / f"{stem}.tif")
+    # UTM 33N written as a PROJ string (no EPSG code): the same places, another CRS object.
+    proj = CRS.from_proj4("+proj=utm +zone=33 +ellps=WGS84 +towgs84=0,0,0 +units=m +no_defs")
+    relabel_crs(scenes / "s2_33n_labels.tif", folder / "same_labels.tif", proj)
+    relabel_crs(scenes / "s2_33n_labels.tif", folder / "zone34_labels.tif",
+                CRS.from_epsg(32634))
+    report = ingest([folder], tmp_path / "l.zarr", labels=LABEL_RULE)
+    reasons = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
+    assert set(reasons) == {"zone34.tif"}
+    assert re.search(r"is in EPSG:32634, the scene in EPSG:32633: the same grid numbers place "
+                     r"the scene's corners \d+\.\d px apart; reproject it onto the scene's grid, "
+                     r"e\.g\. rio warp .*zone34_labels\.tif .* --like .*zone34\.tif "
+                     r"--resampling nearest", reasons["zone34.tif"])
+    store = TileStore(tmp_path / "l.zarr")
+    assert store.n > 0 and store.has_labels
+
+
 def test_resume_after_interruption_adds_no_duplicates(
     scenes: Path, store: TileStore, tmp_path: Path
 ) -> None:
