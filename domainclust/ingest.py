@@ -210,6 +210,11 @@ def item_order(writer: TileStoreWriter, keys: list[str], *, add: bool) -> list[s
     `add` is set: then new items are appended (items it no longer finds keep their tiles).
     """
     stored = writer.recorded("items")
+    if stored is None and (writer.count or writer.state):
+        raise DomainclustError(
+            f"{writer.path} was written by an older domainclust that did not record its items, "
+            "so it cannot be resumed or extended safely; ingest into a new --out"
+        )
     if stored is None:
         writer.record(items=keys)
         return keys

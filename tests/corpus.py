@@ -32,13 +32,13 @@ from pydicom.uid import generate_uid
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from geotiff_data import make_scene  # noqa: E402
-from medical_data import CT5N, NIBABEL_DATA, pydicom_file  # noqa: E402
+from geotiff_data import make_scene
+from medical_data import CT5N, NIBABEL_DATA, pydicom_file
 
-from domainclust.errors import DomainclustError  # noqa: E402
-from domainclust.ingest import run_ingest  # noqa: E402
-from domainclust.modality import get_modality  # noqa: E402
-from domainclust.store import TileStore  # noqa: E402
+from domainclust.errors import DomainclustError
+from domainclust.ingest import run_ingest
+from domainclust.modality import get_modality
+from domainclust.store import TileStore
 
 KINDS = ("truncated", "header_flips", "pixel_flips", "zero_length", "wrong_extension",
          "nan_inf", "absurd_dims")

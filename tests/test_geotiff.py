@@ -25,8 +25,8 @@ from domainclust.errors import DomainclustError
 from domainclust.ingest import run_ingest
 from domainclust.modality import ingest_options
 from domainclust.store import TileStore
-from modalities.geo.options import parse_options
 from modalities.geo.geotiff import MODALITY, GeoTiffAdapter
+from modalities.geo.options import parse_options
 
 # rasterio's own window/transform helpers still use affine's deprecated `*`.
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")

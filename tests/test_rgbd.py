@@ -23,6 +23,7 @@ from domainclust.model import DeepClusterNet
 from domainclust.store import TileStore
 from modalities.images.rgbd import MODALITY
 
+
 def relative(path: str, root: Path) -> str:
     """A reported path under `root` as a relative name (items named by their key are already)."""
     return str(Path(path).relative_to(root)) if Path(path).is_absolute() else path

@@ -8,6 +8,7 @@ travel here, never a header field that could identify a patient.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def contiguous_runs(positions: np.ndarray, *, step: float) -> list[tuple[int, in
         return [(0, len(positions))]
     cuts = np.flatnonzero(np.diff(positions) >= GAP_RATIO * step) + 1
     bounds = [0, *cuts.tolist(), len(positions)]
-    return list(zip(bounds[:-1], bounds[1:]))
+    return list(itertools.pairwise(bounds))
 
 
 def hashed(salt: str, *parts: str) -> str:
