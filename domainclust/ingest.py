@@ -123,8 +123,9 @@ def run_ingest(
     """Ingest `sources` into the store at `out` (resuming it if it exists); returns the report.
 
     The report, which names every skipped file by path, is written to `report` (default: beside
-    the store) and listed on stderr; the store keeps only counts and reasons. A store started
-    from other sources is refused unless `add` extends it with the new items.
+    the store) and listed on stderr. The store keeps counts, item digests and, for resuming,
+    the reasons of files left out of finished items, never a path. A store started from other
+    sources is refused unless `add` extends it with the new items.
     """
     found = adapter.discover([Path(s) for s in sources], options)
     if not found:
