@@ -62,17 +62,22 @@ def ingest(
     set_: list[str] = typer.Option([], "--set", help="adapter option key=value; repeatable"),
     workers: int = typer.Option(1, "--workers", help="reader processes"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+    report: Path = typer.Option(None, "--report",
+                                help="where the report naming skipped files goes "
+                                     "(default: <out>.ingest-report.json beside the store)"),
+    add: bool = typer.Option(False, "--add", help="extend an existing store with new sources"),
 ) -> None:
-    """Turn source files into a TileStore through a modality adapter."""
+    """Turn source files into a TileStore through a modality adapter.
+
+    Skipped files are listed by path on stderr and in the report file, never in the store.
+    """
     from domainclust.modality import get_modality, ingest_options
 
     m = get_modality(modality)
-    report = m.ingest(list(sources or []), out, options=ingest_options(m, list(set_)),
-                      workers=workers, progress=not quiet)
-    typer.echo(f"{out}: {report['tiles_written']} tiles written, "
-               f"{len(report['skipped'])} item(s) skipped")
-    for s in report["skipped"]:
-        typer.echo(f"  skipped {s['item']}: {s['reason']}")
+    result = m.ingest(list(sources or []), out, options=ingest_options(m, list(set_)),
+                      workers=workers, progress=not quiet, report=report, add=add)
+    typer.echo(f"{out}: {result['tiles_written']} tiles written, "
+               f"{len(result['skipped'])} file(s) skipped")
 
 
 @app.command("modalities")

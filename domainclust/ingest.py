@@ -9,8 +9,11 @@ items and never duplicates or loses tiles).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import multiprocessing
+import sys
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -24,7 +27,8 @@ from domainclust.atomic import atomic_write_text
 from domainclust.errors import DomainclustError
 from domainclust.store import StoreSpec, TileStoreWriter
 
-REPORT_NAME = "ingest_report.json"
+REPORT_SUFFIX = ".ingest-report.json"  # the report sits beside the store: it names files by path
+TERMINAL_LINES = 200  # skipped items listed on the terminal; the report file lists them all
 
 
 @dataclass
@@ -42,12 +46,21 @@ class TileBatch:
     labels: np.ndarray | None = None
     meta: dict[str, np.ndarray] = field(default_factory=dict)
     skipped_tiles: int = 0  # tiles dropped inside the item (background, nodata), for the report
-    skipped_files: list[tuple[str, str]] = field(default_factory=list)  # (name, reason) of
-    # files that failed inside an item that groups several files
+    skipped_files: list[tuple[int, str]] = field(default_factory=list)  # (index in the item's
+    # paths, reason) of files left out of an item that groups several files
 
 
 class Skip(Exception):
-    """Raised by `Adapter.read` for an item that cannot be used; the reason goes in the report."""
+    """Raised by `Adapter.read` for an item that cannot be used; the reason goes in the report.
+
+    `files` gives per-file reasons, as (index in the item's paths, reason), when the files of
+    a multi-file item failed for different reasons. Reasons never name files: the report beside
+    the store adds the paths, and the store keeps only the reasons.
+    """
+
+    def __init__(self, reason: str, *, files: list[tuple[int, str]] | None = None) -> None:
+        super().__init__(reason)
+        self.files = list(files or [])
 
 
 class Adapter(Protocol):
@@ -60,16 +73,24 @@ class Adapter(Protocol):
     def read(self, item: SourceItem, options: dict[str, Any]) -> TileBatch: ...
 
 
-def _read(adapter: Adapter, item: SourceItem, options: dict[str, Any]) -> TileBatch | str:
+@dataclass
+class Skipped:
+    """An item that gave no tiles, as a worker hands it back (picklable)."""
+
+    reason: str
+    files: list[tuple[int, str]]
+
+
+def _read(adapter: Adapter, item: SourceItem, options: dict[str, Any]) -> TileBatch | Skipped:
     try:
         return adapter.read(item, options)
     except Skip as exc:
-        return str(exc)
+        return Skipped(str(exc), exc.files)
 
 
 def _results(
     adapter: Adapter, items: list[SourceItem], options: dict[str, Any], workers: int
-) -> Iterator[tuple[SourceItem, TileBatch | str]]:
+) -> Iterator[tuple[SourceItem, TileBatch | Skipped]]:
     """Item results in item order, read by `workers` processes with bounded look-ahead."""
     if workers <= 1:
         for item in items:
@@ -96,24 +117,36 @@ def run_ingest(
     options: dict[str, Any],
     workers: int = 1,
     progress: bool = True,
+    report: Path | None = None,
+    add: bool = False,
 ) -> dict[str, Any]:
-    """Ingest `sources` into the store at `out` (resuming it if it exists); returns the report."""
-    items = adapter.discover([Path(s) for s in sources], options)
-    if not items:
+    """Ingest `sources` into the store at `out` (resuming it if it exists); returns the report.
+
+    The report, which names every skipped file by path, is written to `report` (default: beside
+    the store) and listed on stderr. The store keeps counts, item digests and, for resuming,
+    the reasons of files left out of finished items, never a path. A store started from other
+    sources is refused unless `add` extends it with the new items.
+    """
+    found = adapter.discover([Path(s) for s in sources], options)
+    if not found:
         raise DomainclustError(
             f"no usable source files found in {', '.join(map(str, sources)) or '(nothing given)'}"
         )
+    # Keys can hold names (an image's folder and file name): the store sees only their digests.
+    items = [dataclasses.replace(item, key=store_key(item.key)) for item in found]
+    by_key = {item.key: original for item, original in zip(items, found)}
     keys = [item.key for item in items]
-    if len(set(keys)) != len(keys):
+    if len(by_key) != len(keys):
         raise DomainclustError("adapter produced duplicate item keys; report this as a bug")
-    with_labels = adapter.has_labels(items, options)
-    writer = TileStoreWriter(out, adapter.spec(items, options), with_labels=with_labels)
+    with_labels = adapter.has_labels(found, options)
+    writer = TileStoreWriter(out, adapter.spec(found, options), with_labels=with_labels)
+    order = item_order(writer, keys, add=add)
     state = writer.state
     done: dict[str, int] = dict(state.get("done", {}))  # key → tiles written
-    skipped: dict[str, str] = dict(state.get("skipped", {}))  # key → reason
-    skipped_files: dict[str, list] = dict(state.get("skipped_files", {}))  # key → [[name, why]]
+    skipped: dict[str, str] = {}  # key → reason; not kept in the store: skipped items are retried
+    skipped_files: dict[str, list] = dict(state.get("skipped_files", {}))  # key → [[index, why]]
     dropped = int(state.get("tiles_dropped", 0))
-    source_index = {key: i for i, key in enumerate(keys)}
+    source_index = {key: i for i, key in enumerate(order)}
     # Skipped items are retried on a re-run: the cause (a missing decoder, a file being copied)
     # may have been fixed since.
     todo = [item for item in items if item.key not in done]
@@ -123,19 +156,19 @@ def run_ingest(
     with tqdm(total=len(items), initial=len(items) - len(todo), desc="ingest", unit="item",
               disable=not progress) as bar:
         for item, result in _results(adapter, todo, options, workers):
-            skipped.pop(item.key, None)
             skipped_files.pop(item.key, None)
-            if isinstance(result, str):
-                skipped[item.key] = result
+            if isinstance(result, Skipped):
+                skipped[item.key] = result.reason
+                files = result.files
                 result = TileBatch(tiles=np.zeros(0))
             else:
                 done[item.key] = len(result.tiles)
                 dropped += result.skipped_tiles
-                if result.skipped_files:
-                    skipped_files[item.key] = [list(f) for f in result.skipped_files]
+                files = result.skipped_files
+            if files:
+                skipped_files[item.key] = [[int(i), scrub_paths(r, item.paths)] for i, r in files]
             n = len(result.tiles)
-            state = {"done": done, "skipped": skipped, "skipped_files": skipped_files,
-                     "tiles_dropped": dropped}
+            state = {"done": done, "skipped_files": skipped_files, "tiles_dropped": dropped}
             if n:
                 meta = {"source": np.full(n, source_index[item.key], dtype=np.int32),
                         **result.meta}
@@ -145,22 +178,103 @@ def run_ingest(
             bar.update(1)
             bar.set_postfix(tiles=writer.count, skipped=len(skipped), refresh=False)
 
-    report = {
-        "items_found": len(items),
-        "items_read": len(done),
-        "tiles_written": writer.count,
-        "tiles_dropped": dropped,
-        "skipped": sorted(
-            [{"item": key, "reason": reason} for key, reason in skipped.items()]
-            + [{"item": name, "reason": reason}
-               for files in skipped_files.values() for name, reason in files],
-            key=lambda s: s["item"],
-        ),
-    }
-    writer.finish(sources=keys, ingest_report=report)
-    atomic_write_text(Path(out) / REPORT_NAME, json.dumps(report, indent=2))
+    entries = skip_entries(by_key, skipped, skipped_files)
+    counts = {"items_found": len(items), "items_read": len(done), "items_skipped": len(skipped),
+              "files_skipped": len(entries), "tiles_written": writer.count,
+              "tiles_dropped": dropped}
+    report_path = Path(report) if report is not None else default_report_path(Path(out))
+    full = {**counts, "store": str(out), "skipped": entries}
+    atomic_write_text(report_path, json.dumps(full, indent=2))
+    writer.finish(sources=order, ingest_report=counts)  # no paths, no reasons in the store
+    print_skipped(entries, report_path)
     if writer.count == 0:
         raise DomainclustError(
-            f"ingest wrote no tiles to {out}; every item was skipped (see {Path(out) / REPORT_NAME})"
+            f"ingest wrote no tiles to {out}; every item was skipped (see {report_path})"
         )
-    return report
+    return full
+
+
+def store_key(key: str) -> str:
+    """What the store records for an item key: a digest, since keys may hold file names."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
+
+
+def default_report_path(out: Path) -> Path:
+    """`<store>.ingest-report.json` next to the store: outside it, so paths never enter it."""
+    return out.parent / (out.name + REPORT_SUFFIX)
+
+
+def item_order(writer: TileStoreWriter, keys: list[str], *, add: bool) -> list[str]:
+    """The store's items in source-index order; refuses to mix in another source list.
+
+    A new store records the items it is made from. A re-run must find the same items, unless
+    `add` is set: then new items are appended (items it no longer finds keep their tiles).
+    """
+    stored = writer.recorded("items")
+    if stored is None and (writer.count or writer.state):
+        raise DomainclustError(
+            f"{writer.path} was written by an older domainclust that did not record its items, "
+            "so it cannot be resumed or extended safely; ingest into a new --out"
+        )
+    if stored is None:
+        writer.record(items=keys)
+        return keys
+    new = [k for k in keys if k not in set(stored)]
+    missing = len(set(stored) - set(keys))
+    if add:
+        if new:
+            writer.record(items=[*stored, *new])
+        return [*stored, *new]
+    if new or missing:
+        raise DomainclustError(
+            f"{writer.path} was started from {len(stored)} item(s); these sources give "
+            f"{len(keys)} ({len(new)} new, {missing} missing). Run again with the sources it was "
+            "started from to resume it, add --add to extend it with the new ones, or choose "
+            "another --out"
+        )
+    return list(stored)
+
+
+def scrub_paths(reason: str, paths: list[Path]) -> str:
+    """A reason without the item's file paths or file names (libraries quote them)."""
+    for path in paths:
+        texts = {str(path.resolve()), str(path)}
+        if "." in path.name or len(path.name) >= 8:  # not a word like "empty" or a number
+            texts.add(path.name)
+        for text in sorted(texts, key=len, reverse=True):
+            reason = reason.replace(text, "<file>")
+    return reason
+
+
+def skip_entries(
+    items: dict[str, SourceItem], skipped: dict[str, str], skipped_files: dict[str, list]
+) -> list[dict[str, Any]]:
+    """One {item, path, reason} per skipped file, for the report beside the store (`item` is
+    the digest the store knows the item by); an item without paths is named by its adapter's
+    key, one no longer found by its digest."""
+    entries = []
+    for key in sorted(set(skipped) | set(skipped_files)):
+        item = items.get(key)
+        paths = [str(p) for p in item.paths] if item else []
+        label = item.key if item else f"item {key}"
+        named = {}
+        for i, reason in skipped_files.get(key, []):
+            where = paths[i] if 0 <= i < len(paths) else f"{label}, file #{i}"
+            named[where] = reason
+        if key in skipped:
+            for where in paths or [label]:
+                named.setdefault(where, skipped[key])
+        entries += [{"item": key, "path": where, "reason": reason}
+                    for where, reason in named.items()]
+    return sorted(entries, key=lambda e: e["path"])
+
+
+def print_skipped(entries: list[dict[str, Any]], report_path: Path) -> None:
+    """Name the skipped files on stderr, the owner of the files being the one who can fix them."""
+    if not entries:
+        return
+    print(f"{len(entries)} file(s) skipped (all listed in {report_path}):", file=sys.stderr)
+    for entry in entries[:TERMINAL_LINES]:
+        print(f"  {entry['path']}: {entry['reason']}", file=sys.stderr)
+    if len(entries) > TERMINAL_LINES:
+        print(f"  ... and {len(entries) - TERMINAL_LINES} more in {report_path}", file=sys.stderr)

@@ -26,8 +26,11 @@ class Ingest(Protocol):
         options: dict[str, Any],
         workers: int,
         progress: bool,
+        report: Path | None = None,
+        add: bool = False,
     ) -> dict[str, Any]:
-        """Write (or resume) a complete TileStore at `out`; return the ingest report."""
+        """Write (or resume, or with `add` extend) a complete TileStore at `out`; return the
+        ingest report, also written to `report` (default: beside the store)."""
 
 
 @dataclass(frozen=True)

@@ -175,6 +175,14 @@ class TileStoreWriter:
             commit["state"] = state
         self.group.attrs.update(commit)
 
+    def recorded(self, name: str) -> Any:
+        """An attribute written by `record` (or `finish`), None if absent."""
+        return self.group.attrs.get(name)
+
+    def record(self, **attrs: Any) -> None:
+        """Write attributes now, e.g. what the store is made from, before any tile."""
+        self.group.attrs.update(attrs)
+
     def finish(self, **attrs: Any) -> None:
         """Mark the store complete; readers refuse incomplete stores."""
         self.group.attrs.update({**attrs, "complete": True})

@@ -52,8 +52,11 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def ingest(
     sources: list[Path], out: Path, *, options: dict[str, Any], workers: int = 1,
-    progress: bool = True,
+    progress: bool = True, report: Path | None = None, add: bool = False,
 ) -> dict[str, Any]:
+    """Digits of one CSV into a labelled store; nothing is skipped, so no report is written."""
+    if add:
+        raise DomainclustError("the mnist adapter reads one CSV file; --add does not apply")
     if len(sources) > 1:
         raise DomainclustError("the mnist adapter reads one CSV file")
     path = Path(sources[0]) if sources else bundled_csv()

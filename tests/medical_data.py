@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import nibabel
+import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
 
 from domainclust.ingest import run_ingest
 from domainclust.modality import Modality
@@ -80,3 +82,24 @@ def grep_store(store: Path, needles: set[str]) -> list[tuple[str, str]]:
             data = path.read_bytes()
             hits += [(str(path.relative_to(store)), n) for n in needles if n.encode() in data]
     return hits
+
+
+def ct_series(folder: Path, *, slices: int = 12, step_mm: float = 2.0) -> list[Path]:
+    """pydicom's CT_small.dcm re-positioned `step_mm` apart into one series of `slices` files
+    (s00.dcm, s01.dcm, ...), each slice's pixels shifted so that no two are alike."""
+    source = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    folder.mkdir(parents=True, exist_ok=True)
+    x, y, z = (float(v) for v in source.ImagePositionPatient)
+    paths = []
+    for i in range(slices):
+        ds = source.copy()
+        ds.ImagePositionPatient = [x, y, z + i * step_mm]
+        ds.SliceLocation = z + i * step_mm
+        ds.InstanceNumber = i + 1
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[str(source.SOPInstanceUID), str(i)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.PixelData = np.roll(source.pixel_array, 3 * i, axis=1).tobytes()
+        path = folder / f"s{i:02d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths

@@ -26,9 +26,10 @@ from typer.testing import CliRunner
 
 from domainclust.cli import app
 from domainclust.errors import DomainclustError
+from domainclust.ingest import default_report_path
 from domainclust.modality import get_modality
 from domainclust.store import TileStore
-from modalities.ct import DEFAULT_WINDOWS, MODALITY
+from modalities.medical.ct import DEFAULT_WINDOWS, MODALITY
 
 SMALL = {"spacing": None, "tile_size": 32, "max_background": 1.0}  # 16x16 px slices: keep all
 
@@ -87,17 +88,21 @@ def test_hounsfield_windows_match_pydicom(ct5n) -> None:
     assert floats.min() >= 0 and floats.max() <= 1
 
 
-def test_a_missing_slice_skips_the_series_unless_kept(tmp_path: Path) -> None:
+def test_a_missing_slice_splits_the_series_into_runs(tmp_path: Path) -> None:
     files = sorted(CT5N.iterdir())
     folder = copy_files([f for f in files if f.name != "2693"], tmp_path / "gap")
-    with pytest.raises(DomainclustError, match="every item was skipped"):
-        ingest(MODALITY, [folder], tmp_path / "a.zarr", **SMALL)
-    report = json.loads((tmp_path / "a.zarr" / "ingest_report.json").read_text())
-    (reason,) = reasons(report)
-    assert "missing slices: 1 gap(s), about 1 slice(s) missing (step 2.50 mm" in reason
-    assert "irregular=keep" in reason
-    kept = ingest(MODALITY, [folder], tmp_path / "b.zarr", **SMALL, irregular="keep")
-    assert kept["tiles_written"] == 4 and kept["skipped"] == []
+    report = ingest(MODALITY, [folder], tmp_path / "a.zarr", **SMALL, slab=3)
+    store = TileStore(tmp_path / "a.zarr")
+    assert report["tiles_written"] == 4 and report["skipped"] == []
+    z = sorted(float(pydicom.dcmread(f).ImagePositionPatient[2]) for f in folder.iterdir())
+    steps = np.diff(z)
+    gap = int(np.argmax(steps))  # the one step of 5 mm
+    assert steps[gap] == pytest.approx(5.0) and np.delete(steps, gap) == pytest.approx(2.5)
+    # A slab never reaches across the gap: at its edges the edge slice repeats instead.
+    tiles = store.read(np.arange(store.n)).reshape(4, 3, 3, 32, 32)  # (tile, window, z, y, x)
+    before, after = tiles[gap], tiles[gap + 1]
+    np.testing.assert_array_equal(before[:, 2], before[:, 1])
+    np.testing.assert_array_equal(after[:, 0], after[:, 1])
 
 
 def test_series_in_one_folder_are_split_and_other_files_reported(tmp_path: Path) -> None:
@@ -112,17 +117,25 @@ def test_series_in_one_folder_are_split_and_other_files_reported(tmp_path: Path)
     text = "\n".join(reasons(report))
     assert "modality is MR, the ct adapter reads CT; ingest it with --modality mri" in text
     assert "is not a DICOM file" in text
-    assert "notes.bin" not in text  # files are named by a hash unless report_paths=true
+    assert "notes.bin" not in text  # reasons do not name files: the report's paths do
+    assert str(folder / "notes.bin") in {s["path"] for s in report["skipped"]}
 
 
-def test_a_copy_at_the_same_position_is_never_merged(tmp_path: Path) -> None:
-    # pydicom's MR_small and its truncated copy share SeriesInstanceUID and position.
+def test_slices_at_one_position_collapse_if_equal_and_are_dropped_if_not(tmp_path: Path) -> None:
     folder = copy_files([pydicom_file("CT_small.dcm")], tmp_path / "dup")
     shutil.copy(pydicom_file("CT_small.dcm"), folder / "again.dcm")
+    report = ingest(MODALITY, [folder], tmp_path / "s.zarr")
+    assert report["tiles_written"] == 4
+    assert [(s["path"], s["reason"]) for s in report["skipped"]] == [
+        (str(folder / "again.dcm"), "an exact copy of another slice of the series")]
+    ds = pydicom.dcmread(folder / "again.dcm")
+    ds.PixelData = (ds.pixel_array + 1).astype(ds.pixel_array.dtype).tobytes()
+    ds.save_as(folder / "again.dcm")
     with pytest.raises(DomainclustError, match="every item was skipped"):
-        ingest(MODALITY, [folder], tmp_path / "s.zarr")
-    report = json.loads((tmp_path / "s.zarr" / "ingest_report.json").read_text())
-    assert "1 slice(s) share a position" in reasons(report)[0]
+        ingest(MODALITY, [folder], tmp_path / "t.zarr")
+    report = json.loads(default_report_path(tmp_path / "t.zarr").read_text())
+    assert len(report["skipped"]) == 2
+    assert all("with 1 other slice(s) of different content" in r for r in reasons(report))
 
 
 def test_a_truncated_slice_is_skipped_with_its_reason(tmp_path: Path) -> None:
@@ -130,10 +143,11 @@ def test_a_truncated_slice_is_skipped_with_its_reason(tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "cut.dcm").write_bytes(data[: len(data) - 4000])
     with pytest.raises(DomainclustError, match="every item was skipped"):
-        ingest(MODALITY, [tmp_path / "in"], tmp_path / "s.zarr", report_paths=True)
-    report = json.loads((tmp_path / "s.zarr" / "ingest_report.json").read_text())
-    assert reasons(report) == [reasons(report)[0]]
-    assert "pixel data of file 'cut.dcm' cannot be decoded" in reasons(report)[0]
+        ingest(MODALITY, [tmp_path / "in"], tmp_path / "s.zarr")
+    report = json.loads(default_report_path(tmp_path / "s.zarr").read_text())
+    (skipped,) = report["skipped"]
+    assert skipped["path"] == str(tmp_path / "in" / "cut.dcm")
+    assert skipped["reason"].startswith("pixel data cannot be decoded")
 
 
 def test_localizer_orientations_and_empty_folders(tmp_path: Path) -> None:
@@ -146,7 +160,9 @@ def test_localizer_orientations_and_empty_folders(tmp_path: Path) -> None:
                     tmp_path / "s.zarr")
     orientations = ("slices have different orientations (a localizer or a set of reformats "
                     "stored as one series?)")
-    assert sorted(reasons(report)) == [orientations, "source #1 is an empty folder"]
+    assert sorted(reasons(report)) == sorted([orientations] * 2 + ["is an empty folder"])
+    assert sorted(s["path"] for s in report["skipped"]) == sorted(
+        [str(tmp_path / "empty")] + [str(p) for p in CT2N.iterdir()])
 
 
 def test_resampling_to_one_millimetre(tmp_path: Path) -> None:
@@ -224,7 +240,7 @@ def test_mr_nifti_is_not_taken_for_hounsfield_units(tmp_path: Path) -> None:
     source = NIBABEL_DATA / "anatomical.nii"
     with pytest.raises(DomainclustError, match="every item was skipped"):
         ingest(MODALITY, [source], tmp_path / "s.zarr")
-    report = json.loads((tmp_path / "s.zarr" / "ingest_report.json").read_text())
+    report = json.loads(default_report_path(tmp_path / "s.zarr").read_text())
     assert "do not look like Hounsfield units" in reasons(report)[0]
 
 

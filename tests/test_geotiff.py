@@ -25,8 +25,8 @@ from domainclust.errors import DomainclustError
 from domainclust.ingest import run_ingest
 from domainclust.modality import ingest_options
 from domainclust.store import TileStore
-from modalities._geo_options import parse_options
-from modalities.geotiff import MODALITY, GeoTiffAdapter
+from modalities.geo.geotiff import MODALITY, GeoTiffAdapter
+from modalities.geo.options import parse_options
 
 # rasterio's own window/transform helpers still use affine's deprecated `*`.
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
@@ -154,7 +154,7 @@ def test_small_blocks_give_the_same_tiles(
     scenes: Path, store: TileStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Scenes cut into many 2x2-tile items (ragged at the edges) hold exactly the same tiles."""
-    import modalities.geotiff as geotiff
+    import modalities.geo.geotiff as geotiff
 
     monkeypatch.setattr(geotiff, "BLOCK_PX", 80)
     report = ingest([scenes], tmp_path / "blocks.zarr", labels=LABEL_RULE)
@@ -243,7 +243,7 @@ def test_bad_inputs_are_skipped_with_reasons(scenes: Path, tmp_path: Path) -> No
     (folder / "garbled.tif").write_bytes(bytes(garbled))
 
     report = ingest([folder], tmp_path / "mixed.zarr")
-    reasons = {Path(s["item"].split("@")[0]).name: s["reason"] for s in report["skipped"]}
+    reasons = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
     assert set(reasons) == {"four_band.tif", "all_nodata.tif", "no_crs.tif", "tiny.tif",
                             "notes.tif", "garbled.tif"}
     assert re.search(r"has 4 band\(s\) where \d+ other scene\(s\) have 13",
@@ -293,10 +293,41 @@ def test_per_scene_label_files_missing_or_misaligned(scenes: Path, tmp_path: Pat
     shutil.copy(scenes / "s2_wgs84.tif", folder / "c.tif")
     shutil.copy(scenes / "s2_33n_labels.tif", folder / "c_labels.tif")  # another grid
     report = ingest([folder], tmp_path / "l.zarr", labels=LABEL_RULE)
-    reasons = {Path(s["item"]).name: s["reason"] for s in report["skipped"]}
+    reasons = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
     assert "b_labels.tif does not exist" in reasons["b.tif"]
     assert "not on the scene's pixel grid" in reasons["c.tif"]
     assert TileStore(tmp_path / "l.zarr").attrs["provenance"]["scenes"][0].endswith("a.tif")
+
+
+def relabel_crs(source: Path, target: Path, crs: CRS) -> None:
+    """A copy of the label raster `source` with the same grid numbers declared in `crs`."""
+    with rasterio.open(source) as src:
+        profile, data = src.profile, src.read()
+    with rasterio.open(target, "w", **{**profile, "crs": crs}) as dst:
+        dst.write(data)
+
+
+def test_label_raster_in_another_crs_accepted_only_if_corners_agree(
+    scenes: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "crs"
+    folder.mkdir()
+    for stem in ("same", "zone34"):
+        shutil.copy(scenes / "s2_33n.tif", folder / f"{stem}.tif")
+    # UTM 33N written as a PROJ string (no EPSG code): the same places, another CRS object.
+    proj = CRS.from_proj4("+proj=utm +zone=33 +ellps=WGS84 +towgs84=0,0,0 +units=m +no_defs")
+    relabel_crs(scenes / "s2_33n_labels.tif", folder / "same_labels.tif", proj)
+    relabel_crs(scenes / "s2_33n_labels.tif", folder / "zone34_labels.tif",
+                CRS.from_epsg(32634))
+    report = ingest([folder], tmp_path / "l.zarr", labels=LABEL_RULE)
+    reasons = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
+    assert set(reasons) == {"zone34.tif"}
+    assert re.search(r"is in EPSG:32634, the scene in EPSG:32633: the same grid numbers place "
+                     r"the scene's corners \d+\.\d px apart; reproject it onto the scene's grid, "
+                     r"e\.g\. rio warp .*zone34_labels\.tif .* --like .*zone34\.tif "
+                     r"--resampling nearest", reasons["zone34.tif"])
+    store = TileStore(tmp_path / "l.zarr")
+    assert store.n > 0 and store.has_labels
 
 
 def test_resume_after_interruption_adds_no_duplicates(
@@ -417,7 +448,7 @@ def test_cli_ingest_then_pretrain_one_epoch(scenes: Path, tmp_path: Path) -> Non
                                  "--set", f"tile_size={TILE}", "--set", f"labels={LABEL_RULE}",
                                  "--quiet"])
     assert result.exit_code == 0, result.output
-    assert "0 item(s) skipped" in result.output
+    assert "0 file(s) skipped" in result.output
     env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     result = runner.invoke(app, ["pretrain", "--modality", "geotiff", "--store", str(out),
                                  "--run-dir", str(run_dir), "--set", "epochs=1", "--set", "k=4",

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modalities._medical_tiles import (
+from modalities.medical.tiles import (
     gather_tiles,
     pad_to_tile,
     resample_inplane,
@@ -13,7 +13,7 @@ from modalities._medical_tiles import (
     slab_indices,
     tile_starts,
 )
-from modalities._medical_volume import check_slice_spacing, display_name, hashed, scrub
+from modalities.medical.volume import check_slice_spacing, contiguous_runs, hashed, scrub
 
 
 def test_regular_spacing_has_no_problem() -> None:
@@ -95,11 +95,16 @@ def test_padding_counts_as_background() -> None:
     assert background[0, 16:].all() and not background[0, :16].any()
 
 
-def test_keys_and_names_reveal_no_path(tmp_path: Path) -> None:
+def test_runs_split_at_missing_slices_and_slabs_stay_inside_them() -> None:
+    positions = np.array([0.0, 2.0, 4.0, 8.0, 10.0, 16.0])  # slices missing at 6, 12 and 14
+    runs = contiguous_runs(positions, step=2.0)
+    assert runs == [(0, 3), (3, 5), (5, 6)]
+    assert contiguous_runs(positions[:3], step=2.0) == [(0, 3)]
+    slabs = slab_indices(np.arange(6), slab=3, n_slices=6, runs=runs)
+    assert slabs.tolist() == [[0, 0, 1], [0, 1, 2], [1, 2, 2], [3, 3, 4], [3, 4, 4], [5, 5, 5]]
+
+
+def test_keys_and_messages_reveal_no_path(tmp_path: Path) -> None:
     path = tmp_path / "DOE^JOHN" / "IM0001"
-    name = display_name(path, root=tmp_path, salt="s", report_paths=False)
-    assert "DOE" not in name and "IM0001" not in name
-    assert display_name(path, root=tmp_path, salt="s", report_paths=True) == \
-        "file 'DOE^JOHN/IM0001'"
     assert hashed("s", "1.2.3") != hashed("t", "1.2.3") and len(hashed("s", "x")) == 16
     assert "DOE" not in scrub(f"cannot open {path}: bad", [path])

@@ -26,11 +26,12 @@ from medical_data import (
 )
 
 from domainclust.errors import DomainclustError
+from domainclust.ingest import default_report_path
 from domainclust.modality import get_modality
 from domainclust.store import TileStore
-from modalities._medical_dicom import load_series
-from modalities._medical_nifti import load_nifti
-from modalities.mri import MODALITY
+from modalities.medical.dicom import load_series
+from modalities.medical.mri import MODALITY
+from modalities.medical.nifti import load_nifti
 
 WHOLE = {"spacing": None, "max_background": 1.0}  # native pixels, every tile kept
 
@@ -48,7 +49,7 @@ def floats(store: TileStore) -> np.ndarray:
 
 
 def failed_report(out: Path) -> dict:
-    return json.loads((out / "ingest_report.json").read_text())
+    return json.loads(default_report_path(out).read_text())
 
 
 def test_modality_is_registered_with_its_recipe() -> None:
@@ -99,7 +100,8 @@ def test_siemens_series_order_and_spacing(tmp_path: Path) -> None:
 def test_common_rescale_is_not_applied_but_a_varying_one_is(tmp_path: Path) -> None:
     path = pydicom_file("MR2_UNCR.dcm")  # RescaleSlope 3.77: display scaling, not a unit
     raw = pydicom.dcmread(path).pixel_array
-    volume = load_series([path], ["x"], hounsfield=False, tolerance=0.1, irregular="skip")
+    volume, dropped = load_series([path], hounsfield=False, tolerance=0.1, irregular="skip")
+    assert dropped == []
     np.testing.assert_array_equal(volume.values[0], raw)
     # Two real slices whose rescale differs (edited copy): put on one scale.
     ds = pydicom.dcmread(pydicom_file("MR_small.dcm"))
@@ -109,8 +111,8 @@ def test_common_rescale_is_not_applied_but_a_varying_one_is(tmp_path: Path) -> N
         float(ds.ImagePositionPatient[2]) + 0.8]
     ds.RescaleSlope, ds.RescaleIntercept = 2, 0
     ds.save_as(second)
-    volume = load_series([second, first], ["b", "a"], hounsfield=False, tolerance=0.1,
-                         irregular="skip")
+    volume, _ = load_series([second, first], hounsfield=False, tolerance=0.1,
+                            irregular="skip")
     np.testing.assert_array_equal(volume.values[1], 2 * volume.values[0])
 
 
@@ -120,8 +122,11 @@ def test_ct_and_scouts_are_skipped_with_reasons(tmp_path: Path) -> None:
     text = reasons(report)
     assert "series of 1 file(s): modality is CT, the mri adapter reads MR; ingest it with " \
            "--modality ct" in text
-    assert text.count("slices have different orientations (a localizer or a set of reformats "
-                      "stored as one series?)") == 3
+    orientations = ("slices have different orientations (a localizer or a set of reformats "
+                    "stored as one series?)")
+    assert len({s["item"] for s in report["skipped"] if s["reason"] == orientations}) == 3
+    scouts = {str(p) for p in MR_SCOUTS.rglob("*") if p.is_file()}
+    assert {s["path"] for s in report["skipped"] if s["reason"] == orientations} <= scouts
     assert report["items_read"] == report["items_found"] - 4  # single-slice series are fine
 
 
@@ -129,7 +134,7 @@ def test_nifti_4d_orientation_and_volumes(tmp_path: Path) -> None:
     path = NIBABEL_DATA / "example4d.nii.gz"
     image = nib.load(path)
     canonical = np.asarray(nib.as_closest_canonical(image).dataobj[..., 1], dtype=np.float32)
-    volumes = load_nifti(path, "x", max_volumes=2)
+    volumes = load_nifti(path, max_volumes=2)
     assert len(volumes) == 2 and volumes[1].spacing == pytest.approx((2.2, 2.0, 2.0))
     # Rows run anterior→posterior and columns right→left, as in an axial DICOM slice.
     for k in (0, 11, 23):
@@ -143,7 +148,7 @@ def test_nifti_4d_orientation_and_volumes(tmp_path: Path) -> None:
     assert report["tiles_dropped"] > 0  # slices outside the brain are background
 
 
-def test_broken_nifti_is_skipped_without_a_path(tmp_path: Path) -> None:
+def test_broken_nifti_is_named_by_path_outside_the_store(tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     original = (NIBABEL_DATA / "anatomical.nii").read_bytes()  # big-endian NIfTI-1
     for name, offset, value in (("bad_magic", 344, b"xyz\0"),  # not n+1: not NIfTI at all
@@ -156,10 +161,14 @@ def test_broken_nifti_is_skipped_without_a_path(tmp_path: Path) -> None:
     (tmp_path / "in" / "cut.nii.gz").write_bytes(gzip.compress(data[: len(data) // 3]))
     with pytest.raises(DomainclustError, match="every item was skipped"):
         ingest(MODALITY, [tmp_path / "in"], tmp_path / "s.zarr")
-    text = reasons(failed_report(tmp_path / "s.zarr"))
+    report = failed_report(tmp_path / "s.zarr")
+    text = reasons(report)
     assert len(text) == 4 and all("NIfTI" in r for r in text), text
     assert sum("cannot be read as NIfTI" in r for r in text) == 3  # bad_dim: by its shape
     assert not any(str(tmp_path) in r or "bad_" in r for r in text)
+    assert sorted(s["path"] for s in report["skipped"]) == sorted(
+        str(p) for p in (tmp_path / "in").iterdir())
+    assert not grep_store(tmp_path / "s.zarr", {"bad_magic", "bad_datatype", "cut.nii"})
 
 
 def test_nifti2_epi_and_a_header_only_siemens_file(tmp_path: Path) -> None:
@@ -169,7 +178,8 @@ def test_nifti2_epi_and_a_header_only_siemens_file(tmp_path: Path) -> None:
     store = TileStore(tmp_path / "s.zarr")
     assert store.n == 12 and report["items_read"] == 1  # 12 slices of 32x20 px, one tile each
     (reason,) = reasons(report)
-    assert "pixel data of file #" in reason and "cannot be decoded" in reason
+    assert reason.startswith("pixel data cannot be decoded")
+    assert report["skipped"][0]["path"] == str(header_only)
 
 
 def test_multiframe_without_geometry_is_skipped(tmp_path: Path) -> None:

@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 
 from domainclust import cli
 from domainclust.errors import DomainclustError
-from domainclust.ingest import REPORT_NAME, run_ingest
+from domainclust.ingest import default_report_path, run_ingest
 from domainclust.store import TileStore
-from modalities.rgb import MODALITY, RgbAdapter
+from modalities.images.rgb import MODALITY, RgbAdapter
 
 SIZE = 48
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry")
@@ -109,7 +109,7 @@ def test_labels_none_and_labels_csv(imagenet, tmp_path) -> None:
     store = TileStore(tmp_path / "csv.zarr")
     assert store.attrs["provenance"]["classes"] == ["cat", "cell", "drink", "person"]
     assert store.labels.tolist() == [3, 0, 2, 1]
-    reasons = {s["item"]: s["reason"] for s in report["skipped"]}
+    reasons = {s["path"]: s["reason"] for s in report["skipped"]}
     assert "not listed in" in reasons["train/n0002/rocket.png"]
     assert any("gone.png" in item and "not among the source images" in reason
                for item, reason in reasons.items())
@@ -182,10 +182,10 @@ def test_corrupt_and_truncated_images_are_skipped_with_a_reason(photos, tmp_path
     (folder / "notes.txt").write_text("ignored: not an image")
     report = run([folder], tmp_path / "mixed.zarr")
     assert report["tiles_written"] == 1 and report["tiles_dropped"] == 2
-    reasons = {s["item"]: s["reason"] for s in report["skipped"]}
-    assert "truncated" in reasons["mixed/b_truncated.jpg"]
-    assert "cannot decode image" in reasons["mixed/c_not_an_image.jpg"]
-    saved = json.loads((tmp_path / "mixed.zarr" / REPORT_NAME).read_text())
+    reasons = {s["path"]: s["reason"] for s in report["skipped"]}
+    assert "truncated" in reasons[str(folder / "b_truncated.jpg")]
+    assert "cannot decode image" in reasons[str(folder / "c_not_an_image.jpg")]
+    saved = json.loads(default_report_path(tmp_path / "mixed.zarr").read_text())
     assert saved["skipped"] == report["skipped"]
     single = run([folder / "a_good.jpg"], tmp_path / "single.zarr")  # a file as the source
     assert single["tiles_written"] == 1 and single["skipped"] == []

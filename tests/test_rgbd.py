@@ -18,10 +18,16 @@ from domainclust import cli
 from domainclust.config import resolve
 from domainclust.deepcluster import model_spec
 from domainclust.errors import DomainclustError
-from domainclust.ingest import REPORT_NAME
+from domainclust.ingest import default_report_path
 from domainclust.model import DeepClusterNet
 from domainclust.store import TileStore
-from modalities.rgbd import MODALITY
+from modalities.images.rgbd import MODALITY
+
+
+def relative(path: str, root: Path) -> str:
+    """A reported path under `root` as a relative name (items named by their key are already)."""
+    return str(Path(path).relative_to(root)) if Path(path).is_absolute() else path
+
 
 # Calibration of the down-sampled pair, from `skimage.data.stereo_motorcycle`'s docstring.
 FOCAL_PX, BASELINE_M, DOFFS_PX = 994.978, 0.193001, 31.086
@@ -138,17 +144,17 @@ def test_pairing_mismatches_and_size_mismatches_are_reported(scene, tmp_path) ->
     np.save(tmp_path / "flat/w.npy", d)
     report = run([tmp_path / "scene", tmp_path / "flat"], tmp_path / "p.zarr", tile_size=32)
     assert report["tiles_written"] == 3  # a, sub/e, x
-    reasons = {s["item"]: s["reason"] for s in report["skipped"]}
+    reasons = {relative(s["path"], tmp_path): s["reason"] for s in report["skipped"]}
     assert set(reasons) == {"scene/rgb/b.png", "scene/rgb/c.png", "scene/depth/d.png",
                             "scene/rgb/f.png", "flat/y.png", "flat/z_depth.npy", "flat/w.npy"}
     assert "ambiguous pair (b.png, b.npy" in reasons["scene/rgb/b.png"]
     assert reasons["scene/rgb/c.png"].startswith("no depth map depth/c.")
     assert reasons["scene/depth/d.png"].startswith("no RGB image rgb/d.")
-    assert "RGB is 240x160 px but its depth map f.png is 200x160 px" in reasons["scene/rgb/f.png"]
+    assert "RGB is 240x160 px but its depth map is 200x160 px" in reasons["scene/rgb/f.png"]
     assert "no depth map y_depth." in reasons["flat/y.png"]
     assert "no RGB image z." in reasons["flat/z_depth.npy"]
     assert "without the _depth suffix" in reasons["flat/w.npy"]
-    saved = json.loads((tmp_path / "p.zarr" / REPORT_NAME).read_text())
+    saved = json.loads(default_report_path(tmp_path / "p.zarr").read_text())
     assert saved["skipped"] == report["skipped"]
 
 
@@ -166,7 +172,7 @@ def test_pairs_csv_with_labels(scene, tmp_path) -> None:
     store = TileStore(tmp_path / "csv.zarr")
     assert store.labels.tolist() == [0, 1, 0]
     assert store.attrs["provenance"]["classes"] == ["bike", "wall"]
-    assert [s["item"] for s in report["skipped"]] == ["pairs.csv/data/gone.png"]
+    assert [s["path"] for s in report["skipped"]] == ["pairs.csv/data/gone.png"]
     assert "not found (pairs.csv line 5)" in report["skipped"][0]["reason"]
 
 
@@ -191,8 +197,8 @@ def test_bad_options_and_inputs_give_clean_errors(scene, tmp_path) -> None:
     save_mm(tmp_path / "odd/c_depth.png", depth[:120, :160])
     with pytest.raises(DomainclustError, match="ingest wrote no tiles"):
         run([tmp_path / "odd"], tmp_path / "odd.zarr")
-    reasons = {s["item"]: s["reason"] for s in json.loads(
-        (tmp_path / "odd.zarr" / REPORT_NAME).read_text())["skipped"]}
+    reasons = {relative(s["path"], tmp_path): s["reason"] for s in json.loads(
+        default_report_path(tmp_path / "odd.zarr").read_text())["skipped"]}
     assert "8-bit depth map: its unit is unknown; set depth_scale" in reasons["odd/a.png"]
     assert "is a RGB image; expected one channel" in reasons["odd/b.png"]
     assert "cannot decode image" in reasons["odd/c.png"]

@@ -2,7 +2,7 @@
 
 Items group several files (`group_size`) so that the engine's per-item cost (one commit per
 item) stays small next to decoding. A file that fails inside a group is returned in the
-batch's `skipped_files`, so the engine's report lists every unusable file with its reason.
+batch's `skipped_files`, so the engine's report names every unusable file with its reason.
 """
 
 from __future__ import annotations
@@ -138,19 +138,22 @@ def finish_batch(
     tiles: list[np.ndarray],
     kept: list[int],
     meta: dict[str, np.ndarray],
-    failed: list[tuple[str, str]],
+    failed: list[tuple[int, str]],
     dtype: str,
 ) -> TileBatch:
-    """The item's TileBatch; records the files that failed, or skips the item if all did."""
+    """The item's TileBatch; records the entries that failed (entry index, reason) as files
+    (the entry's first path), or skips the item if all did."""
+    width = item.info["width"]
+    files = [(i * width, reason) for i, reason in failed]
     if not tiles and len(item.info["names"]) == 1:
         raise Skip(failed[0][1])
     if not tiles:  # the engine commits the item with no tiles and reports every file
-        return TileBatch(tiles=np.zeros(0), skipped_files=failed)
+        return TileBatch(tiles=np.zeros(0), skipped_files=files)
     labels = item.info.get("labels")
     return TileBatch(
         tiles=np.stack(tiles).astype(dtype, copy=False),
         labels=None if labels is None else np.asarray([labels[i] for i in kept], np.int64),
         meta=meta,
         skipped_tiles=len(failed),
-        skipped_files=failed,
+        skipped_files=files,
     )

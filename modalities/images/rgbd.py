@@ -45,7 +45,7 @@ from domainclust.errors import DomainclustError
 from domainclust.ingest import SourceItem, TileBatch, run_ingest
 from domainclust.modality import Modality
 from domainclust.store import StoreSpec
-from modalities._images import (
+from modalities.images.decode import (
     IMAGE_EXTENSIONS,
     UnreadableFile,
     decode_rgb,
@@ -54,7 +54,7 @@ from modalities._images import (
     square_tile,
     walk_files,
 )
-from modalities._items import (
+from modalities.images.items import (
     Entry,
     class_names,
     entries_of,
@@ -189,18 +189,18 @@ class RgbdAdapter:
         size = opts.tile_size
         tiles, kept, failed = [], [], []
         meta: dict[str, list[Any]] = {"position": [], "image_size": [], "item_index": []}
-        for i, name, (rgb_path, depth_path) in entries_of(item):
+        for i, _, (rgb_path, depth_path) in entries_of(item):
             try:
                 image = decode_rgb(rgb_path, reduce_for=size, exif=False)
                 depth, valid = depth_in_units(load_depth(depth_path), opts)
                 if depth.shape[::-1] != image.full_size:
                     w, h = image.full_size
                     raise UnreadableFile(
-                        f"RGB is {w}x{h} px but its depth map {depth_path.name} is "
+                        f"RGB is {w}x{h} px but its depth map is "
                         f"{depth.shape[1]}x{depth.shape[0]} px; pairs must be pixel-aligned"
                     )
             except UnreadableFile as exc:
-                failed.append((name, str(exc)))
+                failed.append((i, str(exc)))
                 continue
             rgb, box = square_tile(image, size)
             weight = resize_plane(valid.astype(np.float32), size)

@@ -18,10 +18,11 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.warp import transform as transform_coords
 from rasterio.windows import Window
 
 from domainclust.errors import DomainclustError
-from modalities._geo_options import BandRequest
+from modalities.geo.options import BandRequest
 
 SCENE_SUFFIXES = (".tif", ".tiff")
 STEM = "{stem}"
@@ -150,25 +151,57 @@ def select_bands(src: rasterio.DatasetReader, request: BandRequest | None) -> tu
 def check_labels(src: rasterio.DatasetReader, path: Path) -> str:
     """`path` if it is a single-band raster on the scene's pixel grid; SceneError otherwise.
 
-    Only the grid (size and transform) is compared, not the CRS: label products often carry an
-    equivalent CRS under another code.
+    The grid (size and transform) must match. A label raster in another CRS is accepted when
+    both CRSs put the scene's corners within half a pixel of each other (label products often
+    carry an equivalent CRS under another code, or a slightly different datum), refused with
+    the fix otherwise.
     """
     if not path.exists():
         raise SceneError(f"its label raster {path} does not exist")
+    fix = (f"reproject it onto the scene's grid, e.g. rio warp {path} {path.stem}_on_grid.tif "
+           f"--like {src.name} --resampling nearest")
     try:
-        with rasterio.open(path) as lab:
-            if lab.count != 1:
-                raise SceneError(f"its label raster {path} has {lab.count} bands, not 1")
-            same_size = (lab.height, lab.width) == (src.height, src.width)
-            if not same_size or not lab.transform.almost_equals(src.transform):
-                raise SceneError(
-                    f"its label raster {path} is not on the scene's pixel grid "
-                    f"({lab.width}x{lab.height} px vs {src.width}x{src.height} px, or another "
-                    "transform); resample it to the scene's grid"
-                )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as lab:
+                if lab.count != 1:
+                    raise SceneError(f"its label raster {path} has {lab.count} bands, not 1")
+                same_size = (lab.height, lab.width) == (src.height, src.width)
+                if not same_size or not lab.transform.almost_equals(src.transform):
+                    raise SceneError(
+                        f"its label raster {path} is not on the scene's pixel grid "
+                        f"({lab.width}x{lab.height} px vs {src.width}x{src.height} px, or another "
+                        f"transform); {fix}"
+                    )
+                if lab.crs is not None and lab.crs != src.crs:
+                    apart = corner_offset_px(src, lab.crs)
+                    if not apart <= MAX_CORNER_OFFSET_PX:
+                        raise SceneError(
+                            f"its label raster {path} is in {crs_string(lab.crs)}, the scene in "
+                            f"{crs_string(src.crs)}: the same grid numbers place the scene's "
+                            f"corners {apart:.1f} px apart; {fix}"
+                        )
     except RasterioError as exc:
         raise SceneError(f"its label raster {path} cannot be read ({gdal_message(exc)})") from None
     return str(path)
+
+
+MAX_CORNER_OFFSET_PX = 0.5
+
+
+def corner_offset_px(src: rasterio.DatasetReader, other: CRS) -> float:
+    """How far (in scene pixels) the scene's corners move when its grid numbers are read in
+    the CRS `other` instead of its own."""
+    cols = np.array([0, src.width, 0, src.width], dtype=np.float64)
+    rows = np.array([0, 0, src.height, src.height], dtype=np.float64)
+    xs, ys = src.transform * (cols, rows)
+    try:
+        tx, ty = transform_coords(other, src.crs, list(xs), list(ys))
+    except RasterioError:
+        return math.inf
+    back_cols, back_rows = ~src.transform * (np.asarray(tx), np.asarray(ty))
+    offset = np.hypot(np.asarray(back_cols) - cols, np.asarray(back_rows) - rows)
+    return float(offset.max()) if np.isfinite(offset).all() else math.inf
 
 
 def tile_grid(scene: Scene, *, tile_size: int, stride: int) -> tuple[int, int]:

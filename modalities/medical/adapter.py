@@ -24,16 +24,16 @@ import torch
 from domainclust.errors import DomainclustError
 from domainclust.ingest import Skip, SourceItem, TileBatch
 from domainclust.store import StoreSpec
-from modalities._medical_dicom import group_series, load_multiframe, load_series
-from modalities._medical_nifti import is_nifti, load_nifti
-from modalities._medical_tiles import (
+from modalities.medical.dicom import group_series, load_multiframe, load_series
+from modalities.medical.nifti import is_nifti, load_nifti
+from modalities.medical.tiles import (
     gather_tiles,
     pad_to_tile,
     resample_inplane,
     select_tiles,
     slab_indices,
 )
-from modalities._medical_volume import Volume, display_name, hashed
+from modalities.medical.volume import Volume, hashed
 
 # Sidecars that sit next to images (BIDS JSON, notes); not reported as unreadable files.
 IGNORED_SUFFIXES = {".json", ".txt", ".tsv", ".csv", ".md", ".bval", ".bvec", ".xml", ".log"}
@@ -46,11 +46,11 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "slab": 1,  # odd: slices stacked as channels around each centre slice (2.5-D)
     "slice_stride": 1,  # use every n-th slice as a centre slice
     "max_background": 0.5,  # drop tiles whose background fraction is larger
-    "irregular": "skip",  # skip | keep (slabs then span the gaps): missing/irregular slices
+    "irregular": "skip",  # skip | keep: series with irregular slice steps (a gap where slices
+    # are missing always splits the volume into runs, and slabs never span it)
     "spacing_tolerance": 0.1,  # relative deviation of a slice step still called regular
     "max_volumes": 1,  # 4-D NIfTI: how many volumes (time points) to use
     "salt": "domainclust",  # mixed into the hashed item keys; set your own to unlink them
-    "report_paths": False,  # name bad files by path (may reveal names) instead of a hash
 }
 
 
@@ -68,7 +68,6 @@ class TileOptions:
     spacing_tolerance: float
     max_volumes: int
     salt: str
-    report_paths: bool
 
 
 def _number(options: dict[str, Any], key: str, kind: type, *, minimum: float,
@@ -94,8 +93,6 @@ def parse_common(options: dict[str, Any]) -> TileOptions:
         raise DomainclustError(f"--set slab={slab}: the slab must be odd (centre slice ± n)")
     if merged["irregular"] not in ("skip", "keep"):
         raise DomainclustError(f"--set irregular={merged['irregular']!r}: use skip or keep")
-    if not isinstance(merged["report_paths"], bool):
-        raise DomainclustError("--set report_paths: use true or false")
     return TileOptions(
         tile_size=tile, stride=stride, spacing=spacing, slab=slab,
         slice_stride=_number(merged, "slice_stride", int, minimum=1),
@@ -103,7 +100,7 @@ def parse_common(options: dict[str, Any]) -> TileOptions:
         irregular=merged["irregular"],
         spacing_tolerance=_number(merged, "spacing_tolerance", float, minimum=0.0),
         max_volumes=_number(merged, "max_volumes", int, minimum=1),
-        salt=str(merged["salt"]), report_paths=merged["report_paths"],
+        salt=str(merged["salt"]),
     )
 
 
@@ -160,7 +157,7 @@ class MedicalAdapter:
     def scale_offset(self, opts: Any) -> tuple[float, float]:
         raise NotImplementedError
 
-    def encoder(self, volume: Volume, values: np.ndarray, opts: Any, name: str) -> Encoder:
+    def encoder(self, volume: Volume, values: np.ndarray, opts: Any) -> Encoder:
         raise NotImplementedError
 
     # -- Adapter protocol ----------------------------------------------------------------
@@ -170,22 +167,20 @@ class MedicalAdapter:
         if not any(files for _, files in found):
             return []  # the engine reports the empty sources by name
         items: list[SourceItem] = []
-        names: dict[Path, str] = {}  # resolved path → how reports name it
-        for i, (root, files) in enumerate(found):
+        paths: dict[Path, Path] = {}  # resolved → as given (reports show the latter)
+        for root, files in found:
             if not files:
                 items.append(SourceItem(
                     key=f"empty-{hashed(opts.salt, str(root.resolve()))}", paths=[root],
-                    info={"skip": f"source #{i + 1} is an empty folder"}))
+                    info={"skip": "is an empty folder"}))
             for path in files:
-                names.setdefault(path.resolve(), display_name(
-                    path, root=root, salt=opts.salt, report_paths=opts.report_paths))
-        for path in (p for p in names if is_nifti(p)):
-            items.append(SourceItem(key=f"nifti-{hashed(opts.salt, str(path))}", paths=[path],
-                                    info={"kind": "nifti", "names": [names[path]]}))
+                paths.setdefault(path.resolve(), path)
+        for path in (p for p in paths.values() if is_nifti(p)):
+            items.append(SourceItem(key=f"nifti-{hashed(opts.salt, str(path.resolve()))}",
+                                    paths=[path], info={"kind": "nifti"}))
         # Series are grouped across all sources: one series may be given file by file.
-        items += group_series([p for p in names if not is_nifti(p)],
-                              expected=self.dicom_modality, adapter=self.name,
-                              salt=opts.salt, name_of=names.__getitem__)
+        items += group_series([p for p in paths.values() if not is_nifti(p)],
+                              expected=self.dicom_modality, adapter=self.name, salt=opts.salt)
         unique = {item.key: item for item in items}  # e.g. one empty folder given twice
         return sorted(unique.values(), key=lambda item: item.key)
 
@@ -218,19 +213,24 @@ class MedicalAdapter:
             raise Skip(item.info["skip"])
         _limit_threads_in_worker()
         opts = self.parse(options)
-        names = item.info["names"]
         common = {"hounsfield": self.hounsfield, "tolerance": opts.spacing_tolerance,
                   "irregular": opts.irregular}
         kind = item.info["kind"]
+        dropped: list[tuple[int, str]] = []
         if kind == "nifti":
-            volumes = load_nifti(item.paths[0], names[0], max_volumes=opts.max_volumes)
+            volumes = load_nifti(item.paths[0], max_volumes=opts.max_volumes)
         elif kind == "dicom-frames":
-            volumes = [load_multiframe(item.paths[0], names[0], **common)]
+            volumes = [load_multiframe(item.paths[0], **common)]
         else:
-            volumes = [load_series(item.paths, names, **common)]
-        parts = [self.tile_volume(v, opts, volume_index=i, name=names[0])
-                 for i, v in enumerate(volumes)]
-        return _concat(parts)
+            volume, dropped = load_series(item.paths, **common)
+            volumes = [volume]
+        try:
+            parts = [self.tile_volume(v, opts, volume_index=i) for i, v in enumerate(volumes)]
+        except Skip as exc:
+            raise Skip(str(exc), files=dropped) from None
+        batch = _concat(parts)
+        batch.skipped_files = dropped
+        return batch
 
     # -- shared steps ------------------------------------------------------------------------
     def channel_names(self, opts: Any) -> tuple[str, ...]:
@@ -240,19 +240,20 @@ class MedicalAdapter:
         offsets = range(-(opts.slab // 2), opts.slab // 2 + 1)
         return tuple(f"{c}_z{o:+d}" for c in per_slice for o in offsets)
 
-    def tile_volume(self, volume: Volume, opts: Any, *, volume_index: int, name: str) -> TileBatch:
+    def tile_volume(self, volume: Volume, opts: Any, *, volume_index: int) -> TileBatch:
         """Resample, fit the intensity encoder, drop background tiles, gather and encode."""
         values, (sy, sx) = resample_inplane(volume.values, spacing_yx=volume.spacing[1:],
                                             target=opts.spacing)
-        encoder = self.encoder(volume, values, opts, name)
+        encoder = self.encoder(volume, values, opts)
         background = encoder.background(values)
         values, background = pad_to_tile(values, background, tile=opts.tile_size,
                                           fill=encoder.fill)
         n_slices = len(values)
-        chosen = select_tiles(background, centres=np.arange(0, n_slices, opts.slice_stride),
-                              tile=opts.tile_size, stride=opts.stride,
-                              max_background=opts.max_background)
-        slabs = slab_indices(chosen.z, slab=opts.slab, n_slices=n_slices)
+        runs = volume.runs or [(0, n_slices)]
+        centres = np.concatenate([np.arange(a, b, opts.slice_stride) for a, b in runs])
+        chosen = select_tiles(background, centres=centres, tile=opts.tile_size,
+                              stride=opts.stride, max_background=opts.max_background)
+        slabs = slab_indices(chosen.z, slab=opts.slab, n_slices=n_slices, runs=runs)
         n, t = len(chosen.z), opts.tile_size
         tiles = np.empty((n, len(self.channel_names(opts)), t, t), dtype=np.uint8)
         for start in range(0, n, ENCODE_CHUNK):

@@ -22,8 +22,8 @@ import torch
 from domainclust.errors import DomainclustError
 from domainclust.ingest import Skip, run_ingest
 from domainclust.modality import Modality
-from modalities._medical import COMMON_DEFAULTS, MedicalAdapter, TileOptions, parse_common
-from modalities._medical_volume import Volume
+from modalities.medical.adapter import COMMON_DEFAULTS, MedicalAdapter, TileOptions, parse_common
+from modalities.medical.volume import Volume
 
 IQR_TO_SD = 1.349  # IQR of a normal distribution in standard deviations
 SAMPLE_VOXELS = 1_000_000  # statistics from a strided sample: percentiles of 10^8 voxels are slow
@@ -47,13 +47,13 @@ class MROptions(TileOptions):
 class MREncoder:
     """Volume statistics fitted once, then applied to every tile of the volume."""
 
-    def __init__(self, values: np.ndarray, *, opts: MROptions, name: str) -> None:
+    def __init__(self, values: np.ndarray, *, opts: MROptions) -> None:
         from monai.transforms import ScaleIntensityRange  # lazy: importing it costs ~4 s
 
         sample = values.ravel()[:: max(1, values.size // SAMPLE_VOXELS)]
         low, high = (float(v) for v in np.percentile(sample, opts.percentiles))
         if not high > low:
-            raise Skip(f"{name}: the volume is blank (constant intensity {low:g})")
+            raise Skip(f"the volume is blank (constant intensity {low:g})")
         self.threshold = low + opts.background_level * (high - low)
         self.fill = float(sample.min())
         if opts.normalize == "percentile":
@@ -61,7 +61,7 @@ class MREncoder:
         else:
             foreground = sample[sample > self.threshold]
             if len(foreground) < 2:
-                raise Skip(f"{name}: no foreground above the background level")
+                raise Skip("no foreground above the background level")
             q25, median, q75 = np.percentile(foreground, [25, 50, 75])
             sd = float(q75 - q25) / IQR_TO_SD or float(foreground.std()) or 1.0
             a_min = float(median) - opts.zscore_clip * sd
@@ -110,8 +110,8 @@ class MRAdapter(MedicalAdapter):
             return 1.0 / 255.0, 0.0
         return 2.0 * opts.zscore_clip / 255.0, -opts.zscore_clip
 
-    def encoder(self, volume: Volume, values: np.ndarray, opts: MROptions, name: str) -> MREncoder:
-        return MREncoder(values, opts=opts, name=name)
+    def encoder(self, volume: Volume, values: np.ndarray, opts: MROptions) -> MREncoder:
+        return MREncoder(values, opts=opts)
 
 
 ADAPTER = MRAdapter()

@@ -99,10 +99,18 @@ def select_tiles(
     return TileSelection(z=cat(keep_z), y=cat(keep_y), x=cat(keep_x), dropped=dropped)
 
 
-def slab_indices(z: np.ndarray, *, slab: int, n_slices: int) -> np.ndarray:
-    """(n, slab) slice indices centred on `z`; at the ends of a volume the edge slice repeats."""
+def slab_indices(
+    z: np.ndarray, *, slab: int, n_slices: int, runs: list[tuple[int, int]] | None = None
+) -> np.ndarray:
+    """(n, slab) slice indices centred on `z`; at the ends of a volume, or of a run of
+    contiguous slices (`runs`: (start, stop) pairs), the edge slice repeats."""
     offsets = np.arange(slab) - slab // 2
-    return np.clip(z[:, None] + offsets[None, :], 0, n_slices - 1)
+    if not runs:
+        runs = [(0, n_slices)]
+    starts = np.asarray([a for a, _ in runs])
+    stops = np.asarray([b for _, b in runs])
+    run = np.searchsorted(starts, z, side="right") - 1
+    return np.clip(z[:, None] + offsets[None, :], starts[run][:, None], stops[run][:, None] - 1)
 
 
 def gather_tiles(

@@ -13,7 +13,7 @@ Layouts, per source folder:
 `labels=path/to/file.csv` reads `path,label` rows instead (optional header; paths relative to
 the CSV's folder); integer labels are kept, names are numbered in sorted order. Files the CSV
 does not list are skipped and reported. Each image becomes one `tile_size` tile: shorter side
-scaled to `tile_size`, centre kept (see `modalities._images`). Tiles are uint8, read as
+scaled to `tile_size`, centre kept (see `modalities.images.decode`). Tiles are uint8, read as
 `value / 255`.
 """
 
@@ -32,8 +32,8 @@ from domainclust.errors import DomainclustError
 from domainclust.ingest import SourceItem, TileBatch, run_ingest
 from domainclust.modality import Modality
 from domainclust.store import StoreSpec
-from modalities._images import UnreadableFile, decode_rgb, is_image, square_tile, walk_files
-from modalities._items import (
+from modalities.images.decode import UnreadableFile, decode_rgb, is_image, square_tile, walk_files
+from modalities.images.items import (
     Entry,
     class_names,
     entries_of,
@@ -127,11 +127,11 @@ class RgbAdapter:
         opts = parse_options(RgbOptions, options, modality="rgb")
         tiles, kept, failed = [], [], []
         meta: dict[str, list[Any]] = {"position": [], "image_size": [], "item_index": []}
-        for i, name, (path,) in entries_of(item):
+        for i, _, (path,) in entries_of(item):
             try:
                 image = decode_rgb(path, reduce_for=opts.tile_size if opts.fast_jpeg else None)
             except UnreadableFile as exc:
-                failed.append((name, str(exc)))
+                failed.append((i, str(exc)))
                 continue
             tile, box = square_tile(image, opts.tile_size)
             tiles.append(tile)

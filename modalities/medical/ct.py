@@ -21,8 +21,8 @@ import torch
 from domainclust.errors import DomainclustError
 from domainclust.ingest import Skip, run_ingest
 from domainclust.modality import Modality
-from modalities._medical import COMMON_DEFAULTS, MedicalAdapter, TileOptions, parse_common
-from modalities._medical_volume import Volume
+from modalities.medical.adapter import COMMON_DEFAULTS, MedicalAdapter, TileOptions, parse_common
+from modalities.medical.volume import Volume
 
 AIR_HU = -1024.0
 DEFAULT_WINDOWS: dict[str, list[float]] = {
@@ -116,18 +116,18 @@ class CTAdapter(MedicalAdapter):
     def scale_offset(self, opts: CTOptions) -> tuple[float, float]:
         return 1.0 / 255.0, 0.0
 
-    def encoder(self, volume: Volume, values: np.ndarray, opts: CTOptions, name: str) -> HUEncoder:
+    def encoder(self, volume: Volume, values: np.ndarray, opts: CTOptions) -> HUEncoder:
         if volume.source == "nifti" and opts.hu_check:
-            check_hounsfield(values, name)
+            check_hounsfield(values)
         return HUEncoder(windows=opts.windows, background_hu=opts.background_hu)
 
 
-def check_hounsfield(values: np.ndarray, name: str) -> None:
+def check_hounsfield(values: np.ndarray) -> None:
     """NIfTI carries no modality: a CT in HU has air near -1000 HU, raw or MR data does not."""
     sample = values.ravel()[:: max(1, values.size // 1_000_000)]
     low = float(np.percentile(sample, 0.5))
     if low > -500.0:
-        raise Skip(f"{name}: values do not look like Hounsfield units (0.5th percentile {low:.0f}, "
+        raise Skip(f"values do not look like Hounsfield units (0.5th percentile {low:.0f}, "
                    "no air below -500 HU); is it an MR or unscaled data? For a cropped CT "
                    "already in HU set hu_check=false")
 

@@ -8,6 +8,7 @@ travel here, never a header field that could identify a patient.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,8 @@ class Volume:
     spacing: tuple[float, float, float]  # (slice step, row, column) in mm
     slice_positions: np.ndarray  # (Z,) mm along the slice normal, increasing
     source: str = "dicom"  # dicom | nifti: some checks only apply to one of them
+    runs: list[tuple[int, int]] | None = None  # (start, stop) of the runs of slices without a
+    # gap between them; None: one run. Slabs never reach across runs.
 
 
 @dataclass(frozen=True)
@@ -72,24 +75,19 @@ def check_slice_spacing(
     return SpacingCheck(step=base, problem="; ".join(problems) or None)
 
 
+def contiguous_runs(positions: np.ndarray, *, step: float) -> list[tuple[int, int]]:
+    """(start, stop) of the runs of sorted `positions` without missing slices between them."""
+    if len(positions) < 2 or step <= 0:
+        return [(0, len(positions))]
+    cuts = np.flatnonzero(np.diff(positions) >= GAP_RATIO * step) + 1
+    bounds = [0, *cuts.tolist(), len(positions)]
+    return list(itertools.pairwise(bounds))
+
+
 def hashed(salt: str, *parts: str) -> str:
     """A salted, shortened SHA-256: stable item keys that reveal no UID or path."""
     digest = hashlib.sha256("\x1f".join((salt, *parts)).encode("utf-8")).hexdigest()
     return digest[:16]
-
-
-def display_name(path: Path, *, root: Path, salt: str, report_paths: bool) -> str:
-    """How a report names a file: its path under the source, or only a hash of it.
-
-    File and folder names often carry patient names or IDs (PACS exports), so the default
-    is the hash; `report_paths=true` opts into paths relative to the source argument.
-    """
-    if report_paths:
-        try:
-            return f"file '{path.relative_to(root)}'" if path != root else f"file '{path.name}'"
-        except ValueError:
-            return f"file '{path.name}'"
-    return f"file #{hashed(salt, str(path.resolve()))[:8]} (set report_paths=true to see paths)"
 
 
 def scrub(message: str, paths: list[Path]) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 from nibabel import orientations
 
 from domainclust.ingest import Skip
-from modalities._medical_volume import Volume, scrub
+from modalities.medical.volume import Volume, scrub
 
 SUFFIXES = (".nii", ".nii.gz")
 AXIAL_DICOM_LIKE = ("P", "L", "S")  # (row, column, slice) directions
@@ -27,19 +27,19 @@ def is_nifti(path: Path) -> bool:
     return path.name.lower().endswith(SUFFIXES)
 
 
-def load_nifti(path: Path, name: str, *, max_volumes: int) -> list[Volume]:
+def load_nifti(path: Path, *, max_volumes: int) -> list[Volume]:
     """The first `max_volumes` 3-D volumes of a NIfTI file, axial, in scanner units."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image = nib.load(path)
             if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
-                raise Skip(f"{name} is not a NIfTI image ({type(image).__name__})")
+                raise Skip(f"is not a NIfTI image ({type(image).__name__})")
             shape = tuple(int(s) for s in image.shape)
             while len(shape) > 4 and shape[-1] == 1:  # dim[0] may count trailing 1s
                 shape = shape[:-1]
             if not 2 <= len(shape) <= 4 or min(shape) < 1:
-                raise Skip(f"{name}: a NIfTI volume must be 2-D, 3-D or 4-D, header says {shape}")
+                raise Skip(f"a NIfTI volume must be 2-D, 3-D or 4-D, header says {shape}")
             affine = np.asarray(image.affine, dtype=np.float64)
             n = 1 if len(shape) < 4 else min(shape[3], max_volumes)
             proxy = image.dataobj
@@ -50,10 +50,10 @@ def load_nifti(path: Path, name: str, *, max_volumes: int) -> list[Volume]:
     except Skip:
         raise
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types for damaged files
-        raise Skip(f"{name} cannot be read as NIfTI ({type(exc).__name__}: "
+        raise Skip(f"cannot be read as NIfTI ({type(exc).__name__}: "
                    f"{scrub(str(exc), [path])})") from None
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise Skip(f"{name}: the header's affine is degenerate, so spacing and orientation "
+        raise Skip("the header's affine is degenerate, so spacing and orientation "
                    "are unknown")
     affine = np.diag([UNIT_TO_MM.get(unit, 1.0)] * 3 + [1.0]) @ affine
     if data.ndim == 2:

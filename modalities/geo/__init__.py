@@ -1,0 +1,1 @@
+"""Multi-band GeoTIFF adapter: band selection, dataset statistics, nodata-aware tiles."""

@@ -1,0 +1,1 @@
+"""Photograph adapters: RGB image folders and RGB + depth pairs."""
