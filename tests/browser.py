@@ -49,7 +49,7 @@ def probe_page(page: Path, *, chromium: str, timeout: float = 60.0) -> dict:
              "--dump-dom", copy.as_uri()],
             capture_output=True, text=True, timeout=timeout, check=False,
         )
-    found = re.search(r'<pre id="probe">(.*?)</pre>', result.stdout, re.S)
+    found = re.search(r'<pre id="probe">(.*?)</pre>', result.stdout, re.DOTALL)
     if not found:
         raise AssertionError(f"Chromium printed no probe (rc {result.returncode}): "
                              f"{result.stderr[-2000:]}")

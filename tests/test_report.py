@@ -9,6 +9,8 @@ import shutil
 
 import numpy as np
 import pytest
+import yaml
+from browser import find_chromium, probe_page
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -17,7 +19,6 @@ from domainclust.cli import app
 from domainclust.config import resolve
 from domainclust.errors import DomainclustError
 from domainclust.report import write_report
-from browser import find_chromium, probe_page
 
 TINY = ["k=8", "epochs=2", "batch_size=64", "pca_dim=16", "subset_size=160"]
 FIGURES = {"metrics", "cluster_sizes", "filters", "clusters", "neighbours"}
@@ -59,6 +60,7 @@ def assert_real_picture(png: bytes) -> None:
     assert pixels.std() > 5 and (pixels < 128).mean() > 0.003  # not blank, something drawn
 
 
+@pytest.mark.slow
 def test_pretrain_writes_a_report_with_every_figure_valid_and_on_the_page(run):
     report = run / "report"
     page = (report / "index.html").read_text()
@@ -76,21 +78,29 @@ def test_pretrain_writes_a_report_with_every_figure_valid_and_on_the_page(run):
     assert info["epoch"] == 1 and info["seconds"] > 0 and info["epoch_seconds"] > 0
 
 
+@pytest.mark.slow
 def test_report_can_be_skipped(small_store, tmp_path):
-    config = resolve(overrides=[f"store={small_store}", *TINY, "epochs=1", "report=false"])
-    deepcluster.pretrain(config, tmp_path / "r", progress=False, log=lambda _: None)
-    assert (tmp_path / "r" / "checkpoints" / "last.pt").exists()
-    assert not (tmp_path / "r" / "report").exists()
     result = CliRunner().invoke(app, ["pretrain", "--store", str(small_store), "--run-dir",
                                       str(tmp_path / "c"), "--quiet", "--no-report",
-                                      *[f"--set={s}" for s in TINY], "--set=epochs=1"])
+                                      *[f"--set={s}" for s in TINY], "--set=epochs=1",
+                                      "--set=subset_size=64"])
     assert result.exit_code == 0, result.output
+    assert (tmp_path / "c" / "checkpoints" / "last.pt").exists()
     assert not (tmp_path / "c" / "report").exists()
+    assert yaml.safe_load((tmp_path / "c" / "config.yaml").read_text())["report"] is False
 
 
-def test_report_command_on_demand_with_a_lowshot_evaluation(run, tmp_path):
-    copy = tmp_path / "run"
-    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("report"))
+@pytest.fixture
+def evaluation(run):
+    """RUN/eval/finetune.json, written by the test and removed after it."""
+    path = run / "eval" / "finetune.json"
+    path.parent.mkdir()
+    yield path
+    shutil.rmtree(path.parent)
+
+
+@pytest.mark.slow
+def test_report_command_on_demand_with_a_lowshot_evaluation(run, evaluation, tmp_path):
     rows = [{"method": m, "protocol": p, "shots": s, "metric": "balanced_accuracy",
              "mean": base + 0.05 * s ** 0.5, "ci_low": base - 0.02 + 0.05 * s ** 0.5,
              "ci_high": base + 0.02 + 0.05 * s ** 0.5, "repeats": 10}
@@ -101,27 +111,37 @@ def test_report_command_on_demand_with_a_lowshot_evaluation(run, tmp_path):
                 "ci_low": d - 0.05, "ci_high": d + 0.05}
                for s, r, d in ((1, "inconclusive", 0.02), (5, "helped", 0.1),
                                (10, "did not help", -0.1))]
-    (copy / "eval").mkdir()
-    (copy / "eval" / "finetune.json").write_text(json.dumps(
+    evaluation.write_text(json.dumps(
         {"rows": rows, "split": {"kind": "grouped", "by": "source"}, "verdict": verdict}))
-    result = CliRunner().invoke(app, ["report", str(copy), "--quiet", "--seed", "1"])
+    config = run / "config.yaml"
+    finished = config.read_text()
+    # As while a run extended to 3 epochs trains its third: the report reads the last checkpoint.
+    config.write_text(finished.replace("epochs: 2", "epochs: 3"))
+    try:
+        result = CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "out"),
+                                          "--quiet", "--seed", "1"])
+    finally:
+        config.write_text(finished)
     assert result.exit_code == 0, result.output
-    page = (copy / "report" / "index.html").read_text()
+    page = (tmp_path / "out" / "index.html").read_text()
     embedded = embedded_images(page)
     assert set(embedded) == FIGURES | {"lowshot"}
     assert_real_picture(embedded["lowshot"])
     for text in ("did not help", "inconclusive", "helped", "grouped", "raw_pixels",
                  "channel_stats"):
         assert text in page
-    assert re.search(r"epoch 2 of 2 \(finished\)", page)
+    assert "epoch 2 of 3 (in progress)" in page
 
 
-def test_report_without_its_store_writes_what_it_can_and_says_why(run, tmp_path):
+@pytest.mark.slow
+def test_report_without_its_store_writes_what_it_can_and_says_why(run, evaluation, tmp_path):
+    evaluation.write_text('{"rows": [{"method": "pretrained"}]}')
     result = write_report(run, store=tmp_path / "gone.zarr", out=tmp_path / "out", progress=False,
                           log=lambda _: None)
     assert set(result.figures) == {"metrics", "cluster_sizes", "filters"}
     page = result.page.read_text()
     assert "gone.zarr does not exist" in page and "Left out" in page
+    assert "finetune.json: rows[0] lacks protocol" in page
 
 
 def test_report_of_a_run_without_a_finished_epoch_is_refused(small_store, tmp_path):
@@ -132,6 +152,7 @@ def test_report_of_a_run_without_a_finished_epoch_is_refused(small_store, tmp_pa
         write_report(tmp_path / "r", progress=False, log=lambda _: None)
 
 
+@pytest.mark.slow
 def test_report_opens_in_a_real_browser_with_every_image_decoded(run):
     chromium = find_chromium()
     if chromium is None:

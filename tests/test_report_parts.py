@@ -23,8 +23,9 @@ def attrs(modality, channels, **provenance):
 def test_ct_shows_the_centre_slice_of_the_first_window_as_stored():
     channels = [f"{w}_z{o:+d}" for w in ("soft_tissue", "bone") for o in (-1, 0, 1)]
     sample = np.random.default_rng(0).uniform(0.2, 0.4, (4, 6, 8, 8)).astype(np.float32)
-    r = build_renderer(attrs("ct", channels, options={"windows": {"soft_tissue": [400, 40]}}),
-                       sample)
+    windows = [{"name": "soft_tissue", "width": 400.0, "level": 40.0},
+               {"name": "bone", "width": 1800.0, "level": 400.0}]  # as the ct adapter records
+    r = build_renderer(attrs("ct", channels, options={"windows": windows}), sample)
     assert r.colour == (1,)
     assert "W 400 / L 40 HU" in r.caption
     tile = np.zeros((1, 6, 2, 2), np.float32)

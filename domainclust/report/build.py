@@ -27,7 +27,13 @@ from domainclust.report.filters import filters_figure
 from domainclust.report.lowshot import load_lowshot, lowshot_figure
 from domainclust.report.montage import choose_clusters, mean_purity, montage_figure
 from domainclust.report.neighbours import embed, label_agreement, nearest, neighbours_figure
-from domainclust.report.page import Section, figure_section, lowshot_tables, note_section, render_page
+from domainclust.report.page import (
+    Section,
+    figure_section,
+    lowshot_tables,
+    note_section,
+    render_page,
+)
 from domainclust.report.rendering import Renderer, build_renderer
 from domainclust.rundir import RunDir
 from domainclust.store import TileStore
@@ -117,24 +123,25 @@ def write_report(
         rng = np.random.default_rng(settings.seed)
         pool = np.sort(rng.choice(tile_store.n, size=min(settings.pool, tile_store.n),
                                   replace=False))
-        sample = _floats(tile_store, pool[:RENDER_SAMPLE])
-        renderer = build_renderer(tile_store.attrs, sample, composite=settings.composite)
+        renderer = build_renderer(tile_store.attrs, _floats(tile_store, pool[:RENDER_SAMPLE]),
+                                  composite=settings.composite)
         if assignment is not None:
             figures.append(_montage(tile_store, assignment, renderer, settings))
             lap("montage")
+    figures.append(filters_figure(trained, colour=renderer.colour, channel_names=spec.channels,
+                                  epoch=epoch))
+    lap("filters")
+    if tile_store is not None:
         figures.append(_neighbours(tile_store, pool, initial, trained, renderer, settings,
                                    device=device, progress=progress))
         lap("neighbours")
-    figures.insert(2 if assignment is not None else 1, filters_figure(
-        trained, colour=renderer.colour, channel_names=spec.channels, epoch=epoch))
-    lap("filters")
 
-    sections = [figure_section(f) for f in figures]
     try:
         lowshot = load_lowshot(run.path / "eval" / "finetune.json")
     except DomainclustError as exc:
         lowshot = None
         notes.append(f"low-shot results not shown: {exc}")
+    sections = [note_section("Left out", n) for n in notes] + [figure_section(f) for f in figures]
     if lowshot is not None:
         figure = lowshot_figure(lowshot)
         figures.append(figure)
@@ -150,8 +157,6 @@ def write_report(
     seconds = time.perf_counter() - start
     epoch_seconds = _epoch_seconds(history)
     facts = _facts(config, spec, state, history, renderer, tile_store, seconds, epoch_seconds)
-    for note in notes:
-        sections.insert(0, note_section("Left out", note))
     page = out_dir / "index.html"
     atomic_write_text(page, render_page(title=f"DeepCluster run {run.path.resolve().name}",
                                         facts=facts, sections=sections))
@@ -257,13 +262,14 @@ def _facts(
     renderer: Renderer, store: TileStore | None, seconds: float, epoch_seconds: float | None,
 ) -> list[str]:
     last = history[-1] if history else {}
+    done = int(state["epoch"]) + 1
     facts = [
-        f"epoch {int(state['epoch']) + 1} of {config.train.epochs}"
-        + (" (in progress)" if int(state["epoch"]) + 1 < config.train.epochs else " (finished)"),
-        f"{spec.arch}, front-end {spec.frontend}, {spec.tile_size} px, channels "
-        f"{', '.join(spec.channels)}",
-        f"{config.cluster.method}, {state['n_clusters']} clusters, "
-        f"{last.get('n_tiles', '?')} tiles per epoch",
+        f"epoch {done} of {config.train.epochs}"
+        + (" (in progress)" if done < config.train.epochs else " (finished)"),
+        (f"{spec.arch}, front-end {spec.frontend}, {spec.tile_size} px, "
+         f"channels {', '.join(spec.channels)}"),
+        (f"{config.cluster.method}, {state['n_clusters']} clusters, "
+         f"{last.get('n_tiles', '?')} tiles per epoch"),
     ]
     if store is not None:
         facts.append(f"store {Path(store.path).name}: {store.modality}, {store.n} tiles"

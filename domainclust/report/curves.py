@@ -31,8 +31,12 @@ def metrics_figure(history: list[dict[str, Any]]) -> Figure:
     ax.set_yscale("log")
     ax.set_title("cluster size (tiles)")
     ax.legend(fontsize=8)
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes:
         ax.set_xlabel("epoch")
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=min(len(epochs), 10), integer=True))
         ax.grid(alpha=0.3)
     fig.tight_layout()
     caption = (f"{len(history)} finished epoch(s). NMI between successive assignments rises as "

@@ -183,10 +183,18 @@ def _caption(
         lower = tuple(n.lower() for n in names)
         kind = "true colour" if lower in TRUE_COLOUR else "false colour"
         return f"{kind} R={names[0]}, G={names[1]}, B={names[2]}, {how}"
-    return f"{names[0]} in gray, {how}"
+    return f"channel {names[0]} in grayscale, {how}"
 
 
 def _ct_window(attrs: dict[str, Any], channel: str) -> tuple[float, float] | None:
-    windows = (attrs.get("provenance") or {}).get("options", {}).get("windows") or {}
-    pair = windows.get(channel) or windows.get(channel.rsplit("_z", 1)[0])
-    return (float(pair[0]), float(pair[1])) if isinstance(pair, (list, tuple)) else None
+    """(width, level) in HU of a CT channel, from the ingest options the store recorded
+    (a list of {name, width, level}; a mapping name: [width, level] is read too)."""
+    windows = ((attrs.get("provenance") or {}).get("options") or {}).get("windows") or []
+    if isinstance(windows, dict):
+        windows = [{"name": k, "width": v[0], "level": v[1]} for k, v in windows.items()
+                   if isinstance(v, (list, tuple)) and len(v) == 2]
+    base = channel.rsplit("_z", 1)[0]
+    for w in windows:
+        if isinstance(w, dict) and w.get("name") in (channel, base):
+            return float(w["width"]), float(w["level"])
+    return None
