@@ -9,6 +9,7 @@ import typer
 
 from domainclust.cli_eval import register as register_evaluation
 from domainclust.errors import DomainclustError
+from domainclust.report.command import register as register_report
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="DeepCluster pretraining on unlabeled domain imagery.")
@@ -24,6 +25,7 @@ def pretrain(
     modality: str | None = typer.Option(None, "--modality", help="use this modality's recipe"),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+    no_report: bool = typer.Option(False, "--no-report", help="skip the report at the end"),
 ) -> None:
     """Train (or resume) DeepCluster on a TileStore."""
     from domainclust import config as cfg
@@ -38,6 +40,8 @@ def pretrain(
     overrides = list(set_)
     if store:
         overrides.append(f"store={store}")
+    if no_report:
+        overrides.append("report=false")
     resolved = cfg.resolve(recipe=recipe, overrides=overrides)
     run_pretrain(resolved, run_dir, progress=not quiet)
 
@@ -94,6 +98,7 @@ def list_modalities() -> None:
 
 
 register_evaluation(app)
+register_report(app)
 
 
 def main() -> None:

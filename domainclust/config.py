@@ -74,6 +74,7 @@ class Config:
     seed: int = 0
     device: str = "auto"
     modality: str | None = None
+    report: bool = True  # write RUN/report/ at the end of pretrain
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -99,7 +100,7 @@ SHORT_KEYS: dict[str, str] = {
 }
 
 # Keys that may change between runs sharing a run dir (extending a finished run, moving hardware).
-RESUMABLE_KEYS = frozenset({"train.epochs", "device", "data.workers", "data.cache"})
+RESUMABLE_KEYS = frozenset({"train.epochs", "device", "data.workers", "data.cache", "report"})
 
 
 def to_dict(config: Config) -> dict[str, Any]:

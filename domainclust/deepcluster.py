@@ -31,6 +31,7 @@ from domainclust.kmeans import kmeans
 from domainclust.metrics import cluster_size_stats, nmi, nmi_on_common
 from domainclust.model import DeepClusterNet, ModelSpec
 from domainclust.pic import pic
+from domainclust.report import report_after_pretrain
 from domainclust.rundir import RunDir
 from domainclust.sampling import ClusterUniformSampler, sample_subset
 from domainclust.seeds import derive_seed
@@ -192,6 +193,8 @@ def pretrain(
         })
         run.write_metrics(history)
         log(_summary(record))
+    if config.report:
+        report_after_pretrain(run.path, progress=progress, log=log)
     return history
 
 
