@@ -216,17 +216,17 @@ def low_shot(
                                rng=np.random.default_rng(derive_seed(seed, r, s)))
             y = np.searchsorted(classes, labels[idx])
             run_seed = derive_seed(seed, r, s, 1)
-            if "linear" in protocols:
-                for method in METHODS:
-                    src = sources[method]
-                    feats = src(idx)
-                    pick = choose(feats, y, default_layer=src.default_layer, seed=run_seed)
-                    probe = fit_frozen(feats[pick.layer], y, choice=pick, seed=run_seed)
-                    pred = probe_predict(probe, test_features[method][pick.layer])
-                    label = layer_label(spec.arch, pick.layer) if src.model is not None else None
-                    record(method, "linear", s, pred,
-                           {"layer": label, "weight_decay": pick.weight_decay,
-                            "validated": pick.validated})
+            # The baselines have no network to fine-tune: they are in every table, frozen.
+            for method in METHODS if "linear" in protocols else BASELINES:
+                src = sources[method]
+                feats = src(idx)
+                pick = choose(feats, y, default_layer=src.default_layer, seed=run_seed)
+                probe = fit_frozen(feats[pick.layer], y, choice=pick, seed=run_seed)
+                pred = probe_predict(probe, test_features[method][pick.layer])
+                label = layer_label(spec.arch, pick.layer) if src.model is not None else None
+                record(method, "linear", s, pred,
+                       {"layer": label, "weight_decay": pick.weight_decay,
+                        "validated": pick.validated})
             if "finetune" in protocols:
                 x = read_float_tiles(store, idx, tile_size=size)
                 test_x = read_float_tiles(store, test, tile_size=size)
