@@ -24,6 +24,7 @@ from safetensors.torch import load, save
 
 from domainclust.errors import DomainclustError
 from domainclust.model import ModelSpec, Trunk
+from domainclust.normalise import to_input
 from domainclust.rundir import RunDir, atomic_write, atomic_write_text, load_checkpoint
 from domainclust.store import TileStore
 
@@ -91,9 +92,7 @@ class PretrainedBackbone(Trunk):
         if norm.get("scale") is None:
             raise DomainclustError("this backbone's card records no normalisation (its store was "
                                    "gone at export); scale the input as its store did")
-        scale = torch.tensor(norm["scale"], dtype=torch.float32, device=tiles.device)
-        offset = torch.tensor(norm["offset"], dtype=torch.float32, device=tiles.device)
-        return tiles.float() * scale.view(1, -1, 1, 1) + offset.view(1, -1, 1, 1)
+        return to_input(tiles, scale=norm["scale"], offset=norm["offset"])
 
 
 def _store_record(store_info: dict[str, Any], store_path: Path | str | None) -> dict[str, Any]:

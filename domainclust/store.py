@@ -301,8 +301,7 @@ class TileStore:
 
     def to_float(self, tiles: torch.Tensor) -> torch.Tensor:
         """Storage dtype → float32 through the store's per-channel scale/offset."""
-        import torch  # not at module level: ingest workers import this module without torch
+        # Not at module level: ingest workers import this module without torch.
+        from domainclust.normalise import to_input
 
-        scale = torch.as_tensor(self._scale, device=tiles.device).view(1, -1, 1, 1)
-        offset = torch.as_tensor(self._offset, device=tiles.device).view(1, -1, 1, 1)
-        return tiles.float() * scale + offset
+        return to_input(tiles, scale=self._scale, offset=self._offset)

@@ -17,6 +17,7 @@ from domainclust.errors import DomainclustError
 from domainclust.evaluation.models import as_classifier, input_normalisation, load_trained
 from domainclust.evaluation.voc import VocSet, read_voc
 from domainclust.evaluation.voc_train import VocResult, VocSettings, voc_classification
+from domainclust.normalise import to_input
 
 
 def load_images(voc: VocSet, *, size: int, limit: int | None = None) -> np.ndarray:
@@ -37,10 +38,8 @@ def load_images(voc: VocSet, *, size: int, limit: int | None = None) -> np.ndarr
 
 
 def normaliser(*, scale: list[float], offset: list[float]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """uint8 image batch → float input, like a store's `tile * scale + offset`."""
-    s = torch.tensor(scale, dtype=torch.float32).view(1, -1, 1, 1)
-    o = torch.tensor(offset, dtype=torch.float32).view(1, -1, 1, 1)
-    return lambda batch: batch.float() * s + o
+    """uint8 image batch → float input, as a store maps its tiles."""
+    return lambda batch: to_input(batch, scale=scale, offset=offset)
 
 
 def evaluate_voc(
