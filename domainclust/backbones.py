@@ -83,7 +83,7 @@ def _final_side(layers: list[nn.Module], *, in_channels: int, tile_size: int) ->
         return 0
 
 
-class _Sequential5(nn.Module):
+class _ConvThenClassifier(nn.Module):
     """Conv stages in order, then a pool and the fully connected classifier (AlexNet, VGG)."""
 
     stages: tuple[str, ...] = ()
@@ -120,7 +120,7 @@ class _Sequential5(nn.Module):
         return self.classifier(torch.flatten(self.pool(x), 1))
 
 
-class AlexNetBN(_Sequential5):
+class AlexNetBN(_ConvThenClassifier):
     """AlexNet with BatchNorm as in DESIGN.md: no LRN, no groups.
 
     `imagenet` is the paper's network (conv1 11x11/4, 3x3/2 max-pools after conv1, conv2,
@@ -154,7 +154,7 @@ class AlexNetBN(_Sequential5):
 _VGG16 = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]
 
 
-class VGG16BN(_Sequential5):
+class VGG16BN(_ConvThenClassifier):
     """VGG16 with BatchNorm; fc7 before ReLU is the feature.
 
     `imagenet` pools 2x2 before blocks 2-5 and before the classifier (/32); `stride2` drops

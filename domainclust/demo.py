@@ -20,7 +20,12 @@ from domainclust.config import Config, resolve
 from domainclust.deepcluster import model_spec, pretrain
 from domainclust.device import resolve_device
 from domainclust.evaluation.data import Split, store_split, stratified_split
-from domainclust.evaluation.features import extract_layers, layer_label, layer_names, read_float_tiles
+from domainclust.evaluation.features import (
+    extract_layers,
+    layer_label,
+    layer_names,
+    read_float_tiles,
+)
 from domainclust.evaluation.knn import knn_accuracy
 from domainclust.modality import get_modality
 from domainclust.model import DeepClusterNet
@@ -81,8 +86,9 @@ def evaluate_rows(models: dict[str, DeepClusterNet], store: TileStore, *, split:
 
 
 def format_table(rows: dict[str, dict[str, Any]], *, n_test: int) -> str:
-    lines = [f"k-NN accuracy on {n_test} digits held out of pretraining (layer chosen on "
-             "validation tiles)", "| features | layer | k-NN accuracy |", "|---|---|---:|"]
+    title = (f"k-NN accuracy on {n_test} digits held out of pretraining (layer chosen on "
+             "validation tiles)")
+    lines = [title, "| features | layer | k-NN accuracy |", "|---|---|---:|"]
     for name, r in rows.items():
         lines.append(f"| {name} | {r['layer']} | {100 * r['knn_accuracy']:.1f}% |")
     return "\n".join(lines)

@@ -94,9 +94,9 @@ class FinetuneResult:
 
     def table(self) -> str:
         repeats = self.rows[0].repeats
-        lines = [f"low-shot accuracy on {self.n_test} test tiles, {self.n_classes} classes, "
-                 f"{repeats} repeats, mean [95% CI]; split: {self.split}",
-                 "| method | protocol | shots | top-1 | balanced |", "|---|---|---:|---:|---:|"]
+        title = (f"low-shot accuracy on {self.n_test} test tiles, {self.n_classes} classes, "
+                 f"{repeats} repeats, mean [95% CI]; split: {self.split}")
+        lines = [title, "| method | protocol | shots | top-1 | balanced |", "|---|---|---:|---:|---:|"]
         for r in self.rows:
             if r.metric != "top1":
                 continue
@@ -233,8 +233,9 @@ def low_shot(
                 for method in NETWORKS:
                     base = trained.model if method == "pretrained" else random_net
 
-                    def make_net(base: torch.nn.Module = base) -> torch.nn.Module:
-                        return as_classifier(base, spec, n_classes=len(classes), seed=run_seed,
+                    def make_net(base: torch.nn.Module = base, seed: int = run_seed
+                                 ) -> torch.nn.Module:
+                        return as_classifier(base, spec, n_classes=len(classes), seed=seed,
                                              device=dev)
 
                     net, picked = select_and_finetune(make_net, x, y, settings=settings,

@@ -86,7 +86,7 @@ def select_and_finetune(
                 net = make_net()
                 scores = train_steps(
                     net, x[tr], yt[tr], lr=candidate, steps=s.steps, settings=s, seed=seed,
-                    score=lambda n: float((predict(n, x[va].split(256)) == y[va]).mean()))
+                    score=lambda n, va=va: float((predict(n, x[va].split(256)) == y[va]).mean()))
                 table[i] += [scores[n] for n in s.steps]
         i, j = np.unravel_index(int(np.argmax(table)), table.shape)
         lr, steps, validated = s.lrs[i], s.steps[j], True
