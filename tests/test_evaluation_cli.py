@@ -31,7 +31,7 @@ def test_cli_knn_on_two_layers_writes_json(tiny_run: Path, small_store: Path,
     assert result.exit_code == 0, result.output
     assert "k-NN (k=20, T=0.07) on fc7 (4096 dims)" in result.output
     rows = json.loads((tmp_path / "knn.json").read_text())
-    assert [r["layer"] for r in rows] == ["fc7", "conv2"] and rows[1]["dim"] == 256 * 3 * 3
+    assert [r["layer"] for r in rows] == ["fc7", "conv2"] and rows[1]["dim"] == 64 * 12 * 12  # 15 px map
     assert all(0.3 < r["accuracy"] <= 1 for r in rows)  # 10 classes: chance is 0.1
     assert rows[0]["n_train"] == 480 and rows[0]["n_test"] == 120
 
