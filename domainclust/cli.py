@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from domainclust.cli_eval import register as register_evaluation
+from domainclust.cli_recipe import register as register_recipes
 from domainclust.errors import DomainclustError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -89,6 +90,7 @@ def list_modalities() -> None:
 
 
 register_evaluation(app)
+register_recipes(app)
 
 
 def main() -> None:
