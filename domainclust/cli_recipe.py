@@ -22,7 +22,7 @@ def list_recipes() -> None:
     from domainclust.replication.recipes import load_recipe, recipe_names
 
     recipes = [load_recipe(n) for n in recipe_names()]
-    for kind in ("pretrain", "evaluation"):
+    for kind in ("pretrain", "evaluation", "replication"):
         typer.echo(f"{kind}:")
         for r in recipes:
             if r.kind == kind:
@@ -75,6 +75,43 @@ def compare(run_dir: Path = typer.Argument(..., help="run dir of `recipe run`"),
     if out is not None:
         atomic_write_text(out, json.dumps(to_dicts(rows), indent=2) + "\n")
         typer.echo(f"wrote {out}")
+
+
+REPLICATION = typer.Option("laptop-replication", "--recipe", help="replication recipe")
+
+
+def _replication(name: str):  # noqa: ANN202 - a claims.ReplicationRecipe
+    from domainclust.errors import DomainclustError
+    from domainclust.replication.recipes import load_recipe
+
+    recipe = load_recipe(name)
+    if recipe.kind != "replication":
+        raise DomainclustError(f"'{name}' is a {recipe.kind} recipe, not a replication recipe")
+    return recipe
+
+
+@recipe_app.command("replicate")
+def replicate(run_dir: Path = typer.Option(..., "--run-dir"), recipe: str = REPLICATION,
+              variant: list[str] = typer.Option([], "--variant", help="only these variants"),
+              quiet: bool = typer.Option(False, "--quiet", help="no progress bars")) -> None:
+    """Pretrain and score each variant not yet measured, then print the table of claims."""
+    from domainclust.replication.claims import run_replication
+
+    table = run_replication(_replication(recipe), run_dir, variants=list(variant) or None,
+                            progress=not quiet, log=typer.echo)
+    typer.echo(table.table())
+
+
+@recipe_app.command("claims")
+def claims(run_dir: Path = typer.Argument(..., help="run dir of `recipe replicate`"),
+           recipe: str = REPLICATION) -> None:
+    """The table of claims from the variants measured so far (nothing is run)."""
+    from domainclust.replication.claims import claims_table
+
+    table = claims_table(_replication(recipe), run_dir)
+    typer.echo(table.table())
+    if not table.measured:
+        typer.echo(f"no variant of {recipe} has results in {run_dir} yet: nothing is measured")
 
 
 def register(app: typer.Typer) -> None:

@@ -97,7 +97,7 @@ class EvaluationRecipe:
     kind = "evaluation"
 
 
-Recipe = PretrainRecipe | EvaluationRecipe
+Recipe = Any  # PretrainRecipe | EvaluationRecipe | claims.ReplicationRecipe
 
 _PRETRAIN_KEYS = {"kind", "name", "title", "reference", "dataset", "split", "ingest", "config",
                   "evaluations"}
@@ -141,7 +141,7 @@ def _mapping(value: Any, *, key: str, source: str) -> dict[str, Any]:
 
 def parse_recipe(values: dict[str, Any], *, source: str, overrides: list[str] | None = None,
                  eval_overrides: list[str] | None = None) -> Recipe:
-    """A recipe from its YAML mapping; `overrides` are `--set` keys of a pretraining config,
+    """A recipe from its YAML mapping (a `replication` one is parsed by `claims`); `overrides` are `--set` keys of a pretraining config,
     `eval_overrides` `key=value` settings of an evaluation protocol."""
     kind = values.get("kind")
     if kind == "pretrain":
@@ -179,8 +179,12 @@ def parse_recipe(values: dict[str, Any], *, source: str, overrides: list[str] | 
                              source=source),
             metric=str(values.get("metric", "top-1 (%)")),
             paper=_paper_numbers(values.get("paper"), source=source), source=source)
-    raise DomainclustError(f"recipe {source}: kind must be 'pretrain' or 'evaluation', got "
-                           f"{kind!r}")
+    if kind == "replication":
+        from domainclust.replication.claims import parse_replication
+
+        return parse_replication(values, source=source)
+    raise DomainclustError(f"recipe {source}: kind must be pretrain, evaluation or replication, "
+                           f"got {kind!r}")
 
 
 def build_settings(protocol: str, values: dict[str, Any], *, overrides: list[str],
@@ -239,23 +243,25 @@ def load_recipe(name: str, *, overrides: list[str] | None = None,
 
 def evaluations_of(recipe: PretrainRecipe, *, eval_overrides: list[str] | None = None,
                    only: list[str] | None = None) -> list[EvaluationRecipe]:
-    """The evaluation recipes a pretraining recipe lists (those in `only`, when given)."""
+    """The evaluation recipes a pretraining recipe lists (those in `only`, when given).
+
+    An `--eval-set` key must belong to one of the recipe's evaluations, selected or not, so the
+    same overrides work with and without `only`."""
     names = list(recipe.evaluations)
-    if only:
-        unknown = [n for n in only if n not in names]
-        if unknown:
-            raise DomainclustError(f"{recipe.name} has no evaluation {', '.join(unknown)}; its "
-                                   f"evaluations: {', '.join(names)}")
-        names = [n for n in names if n in only]
+    unknown = [n for n in only or [] if n not in names]
+    if unknown:
+        raise DomainclustError(f"{recipe.name} has no evaluation {', '.join(unknown)}; its "
+                               f"evaluations: {', '.join(names)}")
     out = []
     for n in names:
         ev = load_recipe(n, eval_overrides=eval_overrides)
         if not isinstance(ev, EvaluationRecipe):
-            raise DomainclustError(f"{recipe.source}: '{n}' in evaluations is a {ev.kind} recipe")
+            raise DomainclustError(f"{recipe.source}: '{n}' in evaluations is a {ev.kind} "
+                                   "recipe")
         out.append(ev)
     if eval_overrides:
         check_overrides_used(out, eval_overrides)
-    return out
+    return [ev for ev in out if not only or ev.name in only]
 
 
 def check_overrides_used(evaluations: list[EvaluationRecipe], overrides: list[str]) -> None:
@@ -270,6 +276,14 @@ def check_overrides_used(evaluations: list[EvaluationRecipe], overrides: list[st
 
 def describe(recipe: Recipe) -> dict[str, Any]:
     """Everything the recipe resolves to, as plain data (what `recipe show` prints)."""
+    if recipe.kind == "replication":
+        return {"kind": recipe.kind, "name": recipe.name, "title": recipe.title,
+                "base": recipe.base, "modality": recipe.modality,
+                "overrides": recipe.overrides, "low_shot": recipe.low_shot,
+                "variants": {v: cfg.to_dict(recipe.config(v, store="RUN/store.zarr"))
+                             for v in recipe.variants},
+                "claims": [dataclasses.asdict(c) for c in recipe.claims],
+                "source": recipe.source}
     if isinstance(recipe, PretrainRecipe):
         return {"kind": recipe.kind, "name": recipe.name, "title": recipe.title,
                 "reference": recipe.reference, "dataset": recipe.dataset, "split": recipe.split,

@@ -93,8 +93,9 @@ def run_recipe(
 
     recipe = load_recipe(name, overrides=overrides)
     if not isinstance(recipe, PretrainRecipe):
-        raise DomainclustError(f"'{name}' is an evaluation recipe; `recipe run` takes a "
-                               "pretraining recipe (see `recipe list`)")
+        raise DomainclustError(f"'{name}' is {'an' if recipe.kind == 'evaluation' else 'a'} "
+                               f"{recipe.kind} recipe; `recipe run` takes a pretraining recipe "
+                               "(see `recipe list`)")
     evaluations = evaluations_of(recipe, eval_overrides=eval_overrides, only=only)
     paths = parse_data(data, default=recipe.dataset)
     if recipe.dataset not in paths:
