@@ -80,7 +80,7 @@ def compare(run_dir: Path = typer.Argument(..., help="run dir of `recipe run`"),
 REPLICATION = typer.Option("laptop-replication", "--recipe", help="replication recipe")
 
 
-def _replication(name: str):  # noqa: ANN202 - a claims.ReplicationRecipe
+def _replication(name: str):
     from domainclust.errors import DomainclustError
     from domainclust.replication.recipes import load_recipe
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_evaluation_fixtures import write_store
+from test_voc import synthetic_checkpoint
 
 from domainclust.errors import DomainclustError
 from domainclust.evaluation.mlp import MlpSettings, evaluate_mlp, reset_mlp, tensor_draw, train_mlp
 from domainclust.model import DeepClusterNet, ModelSpec
-from test_evaluation_fixtures import write_store
-from test_voc import synthetic_checkpoint
 
 SPEC = ModelSpec(arch="alexnet", frontend="sobel", channels=("red", "green", "blue"),
                  raw_channels=(), tile_size=32)

@@ -20,6 +20,8 @@ from domainclust.replication.recipes import (
     recipe_names,
 )
 
+RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "paper"
+
 # Thesis Table 5.1, transcribed: (clustering, k, input, lr, weight decay, epochs,
 # updates-per-epoch factor, images per epoch (None: all of ImageNet), pool dataset).
 TABLE_5_1 = {
@@ -90,13 +92,13 @@ def write(path: Path, values: dict) -> Path:
 
 
 def test_unknown_keys_are_errors_anywhere(tmp_path: Path) -> None:
-    base = yaml.safe_load(Path("recipes/paper/km-ImNet-Sob.yaml").read_text())
+    base = yaml.safe_load((RECIPES / "km-ImNet-Sob.yaml").read_text())
     with pytest.raises(DomainclustError, match="unknown key.*epoch_count"):
         load_recipe(str(write(tmp_path / "a.yaml", {**base, "epoch_count": 3})))
     bad_config = {**base, "config": {**base["config"], "train": {"lr": 0.1, "learning": 1}}}
     with pytest.raises(DomainclustError, match="a.yaml.*train.learning"):
         load_recipe(str(write(tmp_path / "a.yaml", bad_config)))
-    ev = yaml.safe_load(Path("recipes/paper/imagenet-mlp.yaml").read_text())
+    ev = yaml.safe_load((RECIPES / "imagenet-mlp.yaml").read_text())
     with pytest.raises(DomainclustError, match="settings.stepz"):
         load_recipe(str(write(tmp_path / "b.yaml", {**ev, "settings": {"stepz": 3}})))
     with pytest.raises(DomainclustError, match="paper.random.top-1 must be a number"):
@@ -132,3 +134,13 @@ def test_cli_list_and_show() -> None:
     assert resolved["config"]["model"]["frontend"] == "none"
     assert resolved["config"]["data"]["cache"] == "auto"
     assert resolved["config"]["train"]["weight_decay"] == 1e-6
+
+
+@pytest.mark.parametrize("name", ["sentinel2.yaml", "landsat.yaml"])
+def test_provisional_domain_recipes_resolve_and_say_so(name: str) -> None:
+    from domainclust.config import resolve
+    from domainclust.modality import load_recipe as load_domain_recipe
+
+    config = resolve(recipe=load_domain_recipe(name))
+    assert config.modality == "geotiff" and config.model.frontend == "sobel-per-channel"
+    assert "PROVISIONAL" in (RECIPES.parent / name).read_text()

@@ -8,6 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reference_data import (
+    PLACES,
+    WNIDS,
+    write_flickr,
+    write_imagenet,
+    write_places365,
+    write_voc2007,
+)
 
 from domainclust.errors import DomainclustError
 from domainclust.evaluation.voc import read_voc
@@ -20,14 +28,6 @@ from domainclust.replication.layouts import (
     voc2007,
 )
 from domainclust.store import TileStore
-from reference_data import (
-    PLACES,
-    WNIDS,
-    write_flickr,
-    write_imagenet,
-    write_places365,
-    write_voc2007,
-)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_image_folder_is_unlabelled(tmp_path: Path) -> None:
 def test_prepare_store_ingests_once_with_shared_labels(imagenet_root: Path,
                                                        tmp_path: Path) -> None:
     logs: list[str] = []
-    kwargs = dict(options={"tile_size": 32}, data_dir=tmp_path, log=logs.append)
+    kwargs = {"options": {"tile_size": 32}, "data_dir": tmp_path, "log": logs.append}
     train = prepare_store("imagenet", imagenet_root, "train", **kwargs)
     val = prepare_store("imagenet", imagenet_root, "val", **kwargs)
     assert prepare_store("imagenet", imagenet_root, "val", **kwargs) == val

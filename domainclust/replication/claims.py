@@ -146,7 +146,7 @@ def _pretrained(values: dict[str, Any], *, protocol: str) -> dict[int, dict[str,
 def claim_rows(claim: Claim, results: dict[str, dict[str, Any] | None], *,
                protocol: str = "all") -> list[ClaimRow]:
     """One row per shot count (percentage points), from the variants' finetune.json values."""
-    base = dict(claim=claim.name, statement=claim.statement)
+    base = {"claim": claim.name, "statement": claim.statement}
     if claim.kind == "unsupported":
         return [ClaimRow(**base, shots=None, effect=None, ci_low=None, ci_high=None,
                          verdict="unsupported", detail=claim.reason)]
