@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from domainclust.cli_eval import register as register_evaluation
+from domainclust.cli_recipe import register as register_recipes
 from domainclust.errors import DomainclustError
 from domainclust.report.command import register as register_report
 
@@ -99,6 +100,7 @@ def list_modalities() -> None:
 
 register_evaluation(app)
 register_report(app)
+register_recipes(app)
 
 
 def main() -> None:

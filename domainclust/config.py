@@ -155,6 +155,12 @@ def from_dict(values: dict[str, Any]) -> Config:
     return _build(Config, values, "")
 
 
+def build_dataclass(cls: type, values: dict[str, Any], *, where: str = "") -> Any:
+    """Any settings data class from a mapping, with the checks of `from_dict` (unknown keys and
+    wrong types are errors); `where` prefixes the keys in messages (`voc.`)."""
+    return _build(cls, values, where)
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
     try:
         text = Path(path).read_text()

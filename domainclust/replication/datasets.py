@@ -1,0 +1,66 @@
+"""A reference dataset's split as a TileStore in the run dir: read the layout, ingest if needed.
+
+The layout reader lists the split's images and labels; they go to the `rgb` adapter as a
+`path,label` CSV (labels numbered by the dataset's own class order, so train and val agree).
+A store is named by dataset, split and a digest of the ingest options, and reused when its
+ingest finished; an interrupted ingest resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from domainclust.atomic import atomic_write_text
+from domainclust.errors import DomainclustError
+from domainclust.ingest import REPORT_NAME
+from domainclust.modality import get_modality, ingest_options
+from domainclust.replication.layouts import read_split
+
+IMAGE_MODALITY = "rgb"
+
+
+def store_name(dataset: str, split: str, options: dict[str, Any]) -> str:
+    digest = hashlib.sha1(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{dataset}-{split}-{digest}"
+
+
+def prepare_store(
+    dataset: str,
+    root: Path | str,
+    split: str,
+    *,
+    options: dict[str, Any],
+    data_dir: Path,
+    workers: int = 1,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """The TileStore of `split` of the dataset at `root`, ingested into `data_dir` if needed."""
+    name = store_name(dataset, split, options)
+    store = data_dir / f"{name}.zarr"
+    if (store / REPORT_NAME).is_file():
+        return store
+    images = read_split(dataset, root, split)
+    labelled = any(label >= 0 for label in images.labels)
+    settings = dict(options)
+    if labelled:
+        csv_path = data_dir / f"{name}.csv"
+        atomic_write_text(csv_path, images.labels_csv())
+        settings["labels"] = str(csv_path)
+    else:
+        settings["labels"] = "none"
+    modality = get_modality(IMAGE_MODALITY)
+    try:
+        resolved = ingest_options(modality, [f"{k}={v}" for k, v in settings.items()])
+    except DomainclustError as exc:
+        raise DomainclustError(f"ingest options of {dataset}: {exc}") from None
+    log(f"ingesting {len(images)} {dataset} {split} images from {images.root} into {store}")
+    report = modality.ingest([images.root], store, options=resolved, workers=workers,
+                             progress=progress)
+    if report["skipped"]:
+        log(f"  {len(report['skipped'])} item(s) skipped, see {store / REPORT_NAME}")
+    return store

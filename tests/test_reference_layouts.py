@@ -1,0 +1,131 @@
+"""Readers of the reference layouts on tiny fixtures in the real layouts (real JPEGs, a real
+MATLAB meta.mat), and their ingest into labelled stores."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from reference_data import (
+    PLACES,
+    WNIDS,
+    write_flickr,
+    write_imagenet,
+    write_places365,
+    write_voc2007,
+)
+
+from domainclust.errors import DomainclustError
+from domainclust.evaluation.voc import read_voc
+from domainclust.replication.datasets import prepare_store
+from domainclust.replication.layouts import (
+    image_folder,
+    imagenet,
+    places365,
+    read_devkit_meta,
+    voc2007,
+)
+from domainclust.store import TileStore
+
+
+@pytest.fixture(scope="module")
+def imagenet_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_imagenet(tmp_path_factory.mktemp("ref") / "ILSVRC2012", n_classes=3)
+
+
+def test_imagenet_train_labels_are_sorted_wnid_indices(imagenet_root: Path) -> None:
+    train = imagenet(imagenet_root, "train")
+    assert train.classes == WNIDS[:3]
+    assert len(train) == 12
+    for path, label in zip(train.paths, train.labels, strict=True):
+        assert path.parent.name == WNIDS[label]
+
+
+def test_imagenet_val_labels_come_from_the_devkit(imagenet_root: Path) -> None:
+    meta = read_devkit_meta(imagenet_root / "ILSVRC2012_devkit_t12" / "data" / "meta.mat")
+    assert meta == {3: WNIDS[0], 2: WNIDS[1], 1: WNIDS[2]}  # the inner synset is left out
+    val = imagenet(imagenet_root, "val")
+    # The fixture writes val images class by class in turn: 0, 1, 2, 0, 1, 2.
+    assert list(val.labels) == [0, 1, 2, 0, 1, 2]
+    assert val.paths[0].name == "ILSVRC2012_val_00000001.JPEG"
+
+
+def test_imagenet_val_sorted_into_class_folders(imagenet_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    shutil.copytree(imagenet_root / "train", root / "train")
+    flat = imagenet(imagenet_root, "val")
+    for path, label in zip(flat.paths, flat.labels, strict=True):
+        (root / "val" / WNIDS[label]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, root / "val" / WNIDS[label] / path.name)
+    sorted_val = imagenet(root, "val")
+    assert sorted(zip([p.name for p in sorted_val.paths], sorted_val.labels)) == sorted(
+        zip([p.name for p in flat.paths], flat.labels))
+
+
+def test_imagenet_errors_name_the_problem(imagenet_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(DomainclustError, match="not an ImageNet folder"):
+        imagenet(tmp_path, "train")
+    root = tmp_path / "nodevkit"
+    shutil.copytree(imagenet_root / "train", root / "train")
+    shutil.copytree(imagenet_root / "val", root / "val")
+    with pytest.raises(DomainclustError, match="devkit"):
+        imagenet(root, "val")
+    shutil.copytree(imagenet_root / "ILSVRC2012_devkit_t12", root / "ILSVRC2012_devkit_t12")
+    truth = root / "ILSVRC2012_devkit_t12" / "data" / "ILSVRC2012_validation_ground_truth.txt"
+    truth.write_text("1\n2\n")  # fewer lines than images
+    with pytest.raises(DomainclustError, match="image number 3 is beyond the 2 lines"):
+        imagenet(root, "val")
+    with pytest.raises(DomainclustError, match="splits train and val"):
+        imagenet(imagenet_root, "test")
+
+
+def test_places365_train_and_val(tmp_path: Path) -> None:
+    root = write_places365(tmp_path / "places365")
+    train, val = places365(root, "train"), places365(root, "val")
+    assert train.classes == PLACES[:2]
+    assert len(train) == 8 and len(val) == 4
+    assert all(PLACES[label].lstrip("/") in path.as_posix()
+               for path, label in zip(train.paths, train.labels, strict=True))
+    assert list(val.labels) == [0, 1, 0, 1]
+    (root / "places365_val.txt").write_text("Places365_val_00000009.jpg 1\n")
+    with pytest.raises(DomainclustError, match="line 1 lists Places365_val_00000009.jpg"):
+        places365(root, "val")
+    (root / "places365_val.txt").write_text("Places365_val_00000001.jpg 7\n")
+    with pytest.raises(DomainclustError, match="label 7 is not in"):
+        places365(root, "val")
+
+
+def test_voc2007_folder_is_found_and_read(tmp_path: Path) -> None:
+    devkit = write_voc2007(tmp_path / "voc")
+    year = voc2007(devkit)
+    assert year == devkit / "VOC2007" and voc2007(year) == year
+    trainval = read_voc(year, "trainval")
+    assert len(trainval.ids) == 6
+    cat, person = trainval.classes.index("cat"), trainval.classes.index("person")
+    assert trainval.targets[1, cat] == 0  # a difficult cat only: ignored
+    assert trainval.targets[1, person] == 1
+    with pytest.raises(DomainclustError, match="is not a VOC2007 folder"):
+        voc2007(tmp_path)
+
+
+def test_image_folder_is_unlabelled(tmp_path: Path) -> None:
+    images = image_folder(write_flickr(tmp_path / "flickr", n=5))
+    assert len(images) == 5 and set(images.labels) == {-1}
+
+
+def test_prepare_store_ingests_once_with_shared_labels(imagenet_root: Path,
+                                                       tmp_path: Path) -> None:
+    logs: list[str] = []
+    kwargs = {"options": {"tile_size": 32}, "data_dir": tmp_path, "log": logs.append}
+    train = prepare_store("imagenet", imagenet_root, "train", **kwargs)
+    val = prepare_store("imagenet", imagenet_root, "val", **kwargs)
+    assert prepare_store("imagenet", imagenet_root, "val", **kwargs) == val
+    assert len(logs) == 2  # the third call reused the finished store
+    a, b = TileStore(train), TileStore(val)
+    assert (a.n, b.n, a.tile_size) == (12, 6, 32)
+    assert list(np.asarray(b.labels)) == [0, 1, 2, 0, 1, 2]
+    assert sorted(np.unique(np.asarray(a.labels))) == [0, 1, 2]
+    # The store keeps no source paths.
+    assert str(imagenet_root) not in (val / "zarr.json").read_text()
