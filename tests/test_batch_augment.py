@@ -105,3 +105,28 @@ def test_staged_batches_convert_with_scale_offset_and_follow_the_positions(dtype
         assert torch.equal(y, torch.from_numpy(labels[index]))
         np.testing.assert_allclose(x.numpy(), staged.take(torch.from_numpy(index)).numpy(),
                                    atol=1e-3)
+
+
+@pytest.mark.slow
+def test_pretrain_with_batched_augmentation_on_cpu(mnist_store, tmp_path) -> None:
+    from domainclust import deepcluster
+    from domainclust.config import resolve
+
+    overrides = [f"store={mnist_store}", "subset_size=200", "k=5", "batch_size=20", "pca_dim=16",
+                 "data.batch_augment=on", "train.updates_factor=0.5"]
+    history = deepcluster.pretrain(resolve(overrides=[*overrides, "epochs=2"]), tmp_path / "r",
+                                   progress=False, log=lambda _: None)
+    assert [r["epoch"] for r in history] == [0, 1]
+    assert all(np.isfinite(r["loss"]) and r["cluster_size_min"] >= 1 for r in history)
+
+
+def test_batch_augment_on_with_an_unbatchable_recipe_is_refused(mnist_store, tmp_path) -> None:
+    from domainclust import deepcluster
+    from domainclust.config import resolve
+    from domainclust.errors import DomainclustError
+
+    config = resolve(overrides=[f"store={mnist_store}", "data.batch_augment=on", "k=5",
+                                "subset_size=100"])
+    config.data.augment = [{"GaussianBlur": {}}]
+    with pytest.raises(DomainclustError, match="without a batched form"):
+        deepcluster.pretrain(config, tmp_path / "r", progress=False)
