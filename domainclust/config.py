@@ -36,7 +36,7 @@ class DataConfig:
     tile_size: int | None = None  # None: the store's tile size
     cache: str = "auto"  # ram | memmap | auto
     workers: int | None = None  # DataLoader processes; None: 0 on CPU, up to 8 with a GPU
-    batch_augment: str = "auto"  # on | off | auto: augment whole batches on the device with CUDA
+    batch_augment: str = "auto"  # auto (batched with CUDA) | batched | albumentations
     augment: list[dict[str, Any]] = field(default_factory=_default_augment)
 
 

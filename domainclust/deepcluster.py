@@ -95,18 +95,19 @@ def loader_workers(config: Config, device: torch.device) -> int:
 
 def use_batch_augment(config: Config, device: torch.device) -> bool:
     """Whole-batch augmentation on the device: automatic with CUDA when the recipe has a
-    batched form; `on` forces it (also on CPU), `off` keeps albumentations."""
+    batched form; `batched` forces it (also on CPU), `albumentations` keeps the per-sample path."""
     mode = config.data.batch_augment
-    if mode not in ("auto", "on", "off"):
-        raise DomainclustError(f"data.batch_augment must be auto, on or off, got '{mode}'")
-    supported = build_batch_augmentation(config.data.augment, tile_size=1, seed=0) is not None
-    if mode == "on" and not supported:
+    if mode not in ("auto", "batched", "albumentations"):
         raise DomainclustError(
-            "data.batch_augment=on but the augment recipe has transforms without a batched "
+            f"data.batch_augment must be auto, batched or albumentations, got {mode!r}")
+    supported = build_batch_augmentation(config.data.augment, tile_size=1, seed=0) is not None
+    if mode == "batched" and not supported:
+        raise DomainclustError(
+            "data.batch_augment=batched but the augment recipe has transforms without a batched "
             "form (batched: RandomResizedCrop, HorizontalFlip, VerticalFlip, RandomRotate90); "
             "use data.batch_augment=auto"
         )
-    return mode == "on" or (mode == "auto" and supported and device.type == "cuda")
+    return mode == "batched" or (mode == "auto" and supported and device.type == "cuda")
 
 
 def train_one_epoch(

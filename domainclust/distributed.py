@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from threadpoolctl import threadpool_limits
 
+from domainclust.device import available_cores
 from domainclust.errors import DomainclustError
 
 
@@ -45,6 +47,11 @@ def init_from_env(device: torch.device) -> tuple[Dist, torch.device]:
     if not launched_by_torchrun():
         return SINGLE, device
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cpu":  # the processes on one machine share its cores
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        cores = max(1, available_cores() // local_world)
+        torch.set_num_threads(cores)
+        threadpool_limits(limits=cores)
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise DomainclustError(

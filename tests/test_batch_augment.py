@@ -113,7 +113,7 @@ def test_pretrain_with_batched_augmentation_on_cpu(mnist_store, tmp_path) -> Non
     from domainclust.config import resolve
 
     overrides = [f"store={mnist_store}", "subset_size=200", "k=5", "batch_size=20", "pca_dim=16",
-                 "data.batch_augment=on", "train.updates_factor=0.5"]
+                 "data.batch_augment=batched", "train.updates_factor=0.5"]
     history = deepcluster.pretrain(resolve(overrides=[*overrides, "epochs=2"]), tmp_path / "r",
                                    progress=False, log=lambda _: None)
     assert [r["epoch"] for r in history] == [0, 1]
@@ -125,7 +125,7 @@ def test_batch_augment_on_with_an_unbatchable_recipe_is_refused(mnist_store, tmp
     from domainclust.config import resolve
     from domainclust.errors import DomainclustError
 
-    config = resolve(overrides=[f"store={mnist_store}", "data.batch_augment=on", "k=5",
+    config = resolve(overrides=[f"store={mnist_store}", "data.batch_augment=batched", "k=5",
                                 "subset_size=100"])
     config.data.augment = [{"GaussianBlur": {}}]
     with pytest.raises(DomainclustError, match="without a batched form"):

@@ -26,7 +26,7 @@ class FaissBackend:
         self.use_gpu = self.device.type == "cuda"
         if self.use_gpu and not faiss_has_gpu():
             raise RuntimeError(f"faiss {faiss.__version__} has no GPU support")
-        self.gpu_id = self.device.index or 0 if self.use_gpu else None
+        self.gpu_id = (self.device.index or 0) if self.use_gpu else None
 
     def kmeans(
         self, x: torch.Tensor, *, k: int, iterations: int, seed: int
@@ -35,8 +35,9 @@ class FaissBackend:
 
         xh = _host(x)
         # max_points_per_centroid large: no subsampling of points (the paper's setting).
+        # gpu=True: every visible GPU (under torchrun rank 0 clusters while the others wait).
         km = faiss.Kmeans(
-            xh.shape[1], k, niter=iterations, seed=seed, gpu=self.gpu_id if self.use_gpu else False,
+            xh.shape[1], k, niter=iterations, seed=seed, gpu=self.use_gpu,
             max_points_per_centroid=len(xh) + 1, min_points_per_centroid=1, verbose=False,
         )
         km.train(xh)
