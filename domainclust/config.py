@@ -36,6 +36,7 @@ class DataConfig:
     tile_size: int | None = None  # None: the store's tile size
     cache: str = "auto"  # ram | memmap | auto
     workers: int | None = None  # DataLoader processes; None: 0 on CPU, up to 8 with a GPU
+    batch_augment: str = "auto"  # auto (batched with CUDA) | batched | albumentations
     augment: list[dict[str, Any]] = field(default_factory=_default_augment)
 
 
@@ -100,7 +101,8 @@ SHORT_KEYS: dict[str, str] = {
 }
 
 # Keys that may change between runs sharing a run dir (extending a finished run, moving hardware).
-RESUMABLE_KEYS = frozenset({"train.epochs", "device", "data.workers", "data.cache", "report"})
+RESUMABLE_KEYS = frozenset({"train.epochs", "device", "data.workers", "data.cache",
+                            "data.batch_augment", "report"})
 
 
 def to_dict(config: Config) -> dict[str, Any]:

@@ -5,6 +5,11 @@ Each epoch: sample the subset → stage it → extract features → PCA-whiten +
 cluster-uniform sampler → checkpoint and metrics. Every random choice of epoch e is drawn from
 generators seeded by (seed, e), so a resumed run repeats exactly what the interrupted one would
 have done.
+
+Under torchrun every rank stages the subset, extracts its shard, and the whitening statistics
+are reduced across ranks; rank 0 clusters and broadcasts the ids; each rank trains on its part
+of one global cluster-uniform draw (DDP); rank 0 alone writes the run directory. With CUDA,
+the staged subset lives on the GPU and batches are augmented there (`data.batch_augment`).
 """
 
 from __future__ import annotations
@@ -20,11 +25,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from domainclust import distributed
 from domainclust.augment import AugmentedTiles, build_augmentation, seed_worker
 from domainclust.backbones import auto_stem
+from domainclust.batch_augment import build_batch_augmentation
 from domainclust.config import Config
 from domainclust.descriptors import compute_descriptors
-from domainclust.device import available_cores, limit_cpu_threads, resolve_device
+from domainclust.device import (
+    available_cores, device_memory_budget, limit_cpu_threads, resolve_device,
+)
+from domainclust.device_batches import AugmentedBatches, StagedTiles
+from domainclust.distributed import SINGLE, Dist
 from domainclust.errors import DomainclustError
 from domainclust.extract import extract_features
 from domainclust.kmeans import kmeans
@@ -33,7 +44,9 @@ from domainclust.model import DeepClusterNet, ModelSpec
 from domainclust.pic import pic
 from domainclust.report import report_after_pretrain
 from domainclust.rundir import RunDir
-from domainclust.sampling import ClusterUniformSampler, sample_subset
+from domainclust.sampling import (
+    ClusterUniformSampler, cluster_uniform_indices, rank_share, sample_subset,
+)
 from domainclust.seeds import derive_seed
 from domainclust.staging import stage_tiles
 from domainclust.store import TileStore
@@ -70,7 +83,7 @@ def cluster_descriptors(
         r = kmeans(x, k=c.k, iterations=c.iterations, seed=seed, backend=c.backend, device=device)
         return {"labels": r.labels, "n_clusters": c.k, "objective": r.objective, "n_empty": r.n_empty}
     if c.method == "pic":
-        r = pic(x, neighbors=c.pic_neighbors, seed=seed)
+        r = pic(x, neighbors=c.pic_neighbors, seed=seed, backend=c.backend, device=device)
         return {"labels": r.labels, "n_clusters": r.n_clusters, "n_singletons": r.n_singletons,
                 "pic_sigma": r.sigma}
     raise DomainclustError(f"unknown clustering '{c.method}'; choose kmeans or pic")
@@ -89,23 +102,44 @@ def loader_workers(config: Config, device: torch.device) -> int:
     return min(8, available_cores() - 1) if device.type == "cuda" else 0
 
 
+def use_batch_augment(config: Config, device: torch.device) -> bool:
+    """Whole-batch augmentation on the device: automatic with CUDA when the recipe has a
+    batched form; `batched` forces it (also on CPU), `albumentations` keeps the per-sample path."""
+    mode = config.data.batch_augment
+    if mode not in ("auto", "batched", "albumentations"):
+        raise DomainclustError(
+            f"data.batch_augment must be auto, batched or albumentations, got {mode!r}")
+    supported = build_batch_augmentation(config.data.augment, tile_size=1, seed=0) is not None
+    if mode == "batched" and not supported:
+        raise DomainclustError(
+            "data.batch_augment=batched but the augment recipe has transforms without a batched "
+            "form (batched: RandomResizedCrop, HorizontalFlip, VerticalFlip, RandomRotate90); "
+            "use data.batch_augment=auto"
+        )
+    return mode == "batched" or (mode == "auto" and supported and device.type == "cuda")
+
+
 def train_one_epoch(
-    model: DeepClusterNet,
-    loader: torch.utils.data.DataLoader,
+    model: nn.Module,
+    loader: Any,
     *,
     optimizer: torch.optim.Optimizer,
     head_optimizer: torch.optim.Optimizer,
     device: torch.device,
     progress: bool,
+    dist: Dist = SINGLE,
 ) -> float:
-    """One pass over the cluster-uniform sampler; returns the mean loss."""
+    """One pass over the cluster-uniform sampler; returns the mean loss (over all ranks)."""
     model.train()
     loss_fn = nn.CrossEntropyLoss()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    cuda = device.type == "cuda"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
     total, count = torch.zeros((), device=device), 0
     with tqdm(loader, desc="train", unit="batch", disable=not progress, leave=False) as bar:
         for step, (x, y) in enumerate(bar):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
             with autocast:
                 loss = loss_fn(model(x), y)
             optimizer.zero_grad(set_to_none=True)
@@ -117,7 +151,9 @@ def train_one_epoch(
             count += len(x)
             if progress and step % 20 == 0:
                 bar.set_postfix(loss=f"{float(total) / count:.3f}", refresh=False)
-    return float(total) / max(count, 1)
+    sums = torch.stack([total.double(), torch.tensor(float(count), device=device).double()])
+    distributed.all_reduce_sum_(sums, dist)
+    return float(sums[0]) / max(float(sums[1]), 1.0)
 
 
 def _check_checkpoint(state: dict[str, Any], spec: ModelSpec, store: TileStore, run: RunDir) -> None:
@@ -141,14 +177,48 @@ def pretrain(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
-    """Run (or resume) DeepCluster pretraining; returns the per-epoch metrics."""
+    """Run (or resume) DeepCluster pretraining; returns the per-epoch metrics.
+
+    Launched by torchrun, each process joins the process group (gloo on CPU, nccl on CUDA).
+    """
     if not config.data.store:
         raise DomainclustError("no store given; pass --store PATH (or --set store=PATH)")
     limit_cpu_threads()
-    device = resolve_device(config.device)
+    d, device = distributed.init_from_env(resolve_device(config.device))
+    try:
+        return _pretrain(config, RunDir(run_dir), device=device, dist=d,
+                         progress=progress and d.is_main, log=log if d.is_main else _quiet)
+    finally:
+        distributed.shutdown(d)
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def check_world(config: Config, *, n_subset: int, d: Dist) -> None:
+    if not d.enabled:
+        return
+    if config.train.batch_size % d.world:
+        raise DomainclustError(
+            f"batch_size={config.train.batch_size} is not divisible by the {d.world} processes; "
+            "batch_size is the global batch, choose a multiple of --nproc-per-node x nodes"
+        )
+    if n_subset < d.world:
+        raise DomainclustError(f"{n_subset} tiles cannot be shared by {d.world} processes")
+
+
+def _pretrain(
+    config: Config,
+    run: RunDir,
+    *,
+    device: torch.device,
+    dist: Dist,
+    progress: bool,
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
     store = TileStore(config.data.store)
-    run = RunDir(run_dir)
-    run.prepare(config)
+    distributed.run_on_main(lambda: run.prepare(config), dist, device=device)
     spec = model_spec(config, store)
     n_subset = min(config.data.subset_size or store.n, store.n)
     if config.cluster.method == "kmeans" and config.cluster.k > n_subset:
@@ -156,6 +226,7 @@ def pretrain(
             f"k={config.cluster.k} is larger than the {n_subset} tiles clustered per epoch "
             f"(store {store.path}); lower k or raise subset_size"
         )
+    check_world(config, n_subset=n_subset, d=dist)
 
     torch.manual_seed(config.seed)  # the random init is part of the run's identity
     model = DeepClusterNet(spec, n_clusters=config.cluster.k).to(device)
@@ -164,38 +235,170 @@ def pretrain(
     history: list[dict[str, Any]] = []
     start = 0
     state = run.load_checkpoint(map_location=device)
-    if state is not None:
+    if state is not None:  # any world size resumes any other: the state is the same
         _check_checkpoint(state, spec, store, run)
         model.reset_head(int(state["n_clusters"]))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history = list(state["history"])
         start = int(state["epoch"]) + 1
-        run.write_metrics(history)
+        if dist.is_main:
+            run.write_metrics(history)
         log(f"resuming {run.path} after epoch {start - 1}")
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
 
     for epoch in range(start, config.train.epochs):
         record = run_epoch(model, optimizer, store=store, run=run, config=config,
-                           epoch=epoch, device=device, progress=progress)
+                           epoch=epoch, device=device, progress=progress, dist=dist)
         history.append(record)
-        run.save_checkpoint({
-            "format": CHECKPOINT_FORMAT,
-            "epoch": epoch,
-            "spec": dataclasses.asdict(spec),
-            "n_clusters": record["n_clusters"],
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "history": history,
-            "store": {"path": str(store.path), "channels": list(store.channels),
-                      "modality": store.modality},
-        })
-        run.write_metrics(history)
+        if dist.is_main:
+            save_epoch(run, model=model, optimizer=optimizer, spec=spec, store=store,
+                       record=record, history=history)
+        distributed.barrier(dist)
         log(_summary(record))
-    if config.report:
+    if config.report and dist.is_main:
         report_after_pretrain(run.path, progress=progress, log=log)
     return history
+
+
+def save_epoch(
+    run: RunDir,
+    *,
+    model: DeepClusterNet,
+    optimizer: torch.optim.Optimizer,
+    spec: ModelSpec,
+    store: TileStore,
+    record: dict[str, Any],
+    history: list[dict[str, Any]],
+) -> None:
+    run.save_checkpoint({
+        "format": CHECKPOINT_FORMAT,
+        "epoch": record["epoch"],
+        "spec": dataclasses.asdict(spec),
+        "n_clusters": record["n_clusters"],
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "history": history,
+        "store": {"path": str(store.path), "channels": list(store.channels),
+                  "modality": store.modality},
+    })
+    run.write_metrics(history)
+
+
+class _Laps:
+    """Seconds per stage of an epoch."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.clock = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self.clock, 3)
+        self.clock = now
+
+
+def stage_epoch(
+    store: TileStore, *, run: RunDir, config: Config, epoch: int, device: torch.device,
+    dist: Dist, progress: bool,
+) -> tuple[np.ndarray, np.ndarray, StagedTiles | None]:
+    """This epoch's subset indices, its tiles staged locally, and (fast path) on the device."""
+    subset = sample_subset(
+        n_total=store.n, subset_size=config.data.subset_size, chunk_len=store.chunk_len,
+        tiles_per_chunk=config.data.tiles_per_chunk,
+        rng=np.random.default_rng(epoch_seed(config.seed, epoch, 0)),
+    )
+    cache_dir = run.cache_dir / f"rank{dist.rank}" if dist.enabled else run.cache_dir
+    tiles = stage_tiles(store, subset, cache=config.data.cache, cache_dir=cache_dir,
+                        progress=progress)
+    staged = None
+    if use_batch_augment(config, device):
+        staged = StagedTiles(tiles, scale=store.attrs["scale"], offset=store.attrs["offset"],
+                             device=device)
+    return subset, tiles, staged
+
+
+def describe_epoch(
+    model: DeepClusterNet, tiles: np.ndarray, staged: StagedTiles | None, *, store: TileStore,
+    run: RunDir, config: Config, device: torch.device, dist: Dist, progress: bool,
+) -> np.ndarray | torch.Tensor | None:
+    """Descriptors of the whole subset on rank 0 (None on the other ranks); each rank extracts
+    its shard and the whitening is fitted on the covariance summed over ranks."""
+    part = distributed.shard(len(tiles), dist)
+    source = staged.shard(part) if staged is not None else tiles[part]
+    features = extract_features(model, source, store=store, batch_size=config.train.batch_size,
+                                device=device, progress=progress)
+    cuda = device.type == "cuda"
+    descriptors, _ = compute_descriptors(
+        features, pca_dim=config.cluster.pca_dim, spill_dir=run.cache_dir,
+        device_budget_bytes=device_memory_budget(device), on_device=cuda or dist.enabled,
+        dist=dist,
+    )
+    if not dist.enabled:
+        return descriptors
+    return distributed.gather_rows(descriptors, dist, device=device)
+
+
+def cluster_epoch(
+    descriptors: np.ndarray | torch.Tensor | None, subset: np.ndarray, *, store: TileStore,
+    run: RunDir, config: Config, epoch: int, device: torch.device, dist: Dist,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Rank 0 clusters, saves the assignments and computes the metrics; every rank gets the
+    cluster ids and the record."""
+
+    def on_main() -> tuple[np.ndarray, dict[str, Any]]:
+        clusters = cluster_descriptors(descriptors, config,
+                                       seed=epoch_seed(config.seed, epoch, 1), device=device)
+        labels = clusters.pop("labels")
+        run.save_assignments(epoch, indices=subset, labels=labels)
+        previous = run.load_assignments(epoch - 1) if epoch > 0 else None
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "n_tiles": len(subset),
+            **clusters,
+            **cluster_size_stats(labels, k=clusters["n_clusters"]),
+            "nmi_prev": nmi_on_common(*previous, subset, labels) if previous else None,
+        }
+        if store.has_labels:
+            truth = store.labels[subset]
+            known = truth >= 0  # adapters mark tiles without a label as -1
+            record["nmi_labels"] = nmi(truth[known], labels[known]) if known.sum() > 1 else None
+        return labels, record
+
+    return distributed.run_on_main(on_main, dist, device=device)
+
+
+def training_batches(
+    tiles: np.ndarray, staged: StagedTiles | None, labels: np.ndarray, *, store: TileStore,
+    config: Config, tile_size: int, seed: int, device: torch.device, dist: Dist,
+) -> Any:
+    """This rank's batches: its share of one global cluster-uniform draw, augmented on the
+    device (fast path) or by albumentations in a DataLoader."""
+    t = config.train
+    n_draws = int(t.updates_factor * len(labels)) // t.batch_size * t.batch_size or len(labels)
+    batch = t.batch_size // dist.world
+    # Each rank's own augmentation stream; rank 0 keeps the single-process one.
+    aug_seed = seed if dist.is_main else seed * 1000 + dist.rank
+    if staged is not None:
+        draw = cluster_uniform_indices(labels, n_draws=n_draws, rng=np.random.default_rng(seed))
+        return AugmentedBatches(
+            staged, labels, positions=rank_share(draw, rank=dist.rank, world=dist.world),
+            batch_size=batch,
+            augment=build_batch_augmentation(config.data.augment, tile_size=tile_size,
+                                             seed=aug_seed),
+        )
+    dataset = AugmentedTiles(
+        tiles, labels, scale=store.attrs["scale"], offset=store.attrs["offset"],
+        transform=build_augmentation(config.data.augment, tile_size=tile_size, seed=aug_seed),
+    )
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch,
+        sampler=ClusterUniformSampler(labels, n_draws=n_draws, seed=seed, rank=dist.rank,
+                                      world=dist.world),
+        num_workers=loader_workers(config, device), worker_init_fn=seed_worker,
+        pin_memory=device.type == "cuda", persistent_workers=False,
+    )
 
 
 def run_epoch(
@@ -208,73 +411,44 @@ def run_epoch(
     epoch: int,
     device: torch.device,
     progress: bool,
+    dist: Dist = SINGLE,
 ) -> dict[str, Any]:
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[name] = round(now - clock, 3)
-        clock = now
-
-    subset = sample_subset(
-        n_total=store.n, subset_size=config.data.subset_size, chunk_len=store.chunk_len,
-        tiles_per_chunk=config.data.tiles_per_chunk,
-        rng=np.random.default_rng(epoch_seed(config.seed, epoch, 0)),
-    )
-    tiles = stage_tiles(store, subset, cache=config.data.cache, cache_dir=run.cache_dir,
-                        progress=progress)
+    lap = _Laps()
+    subset, tiles, staged = stage_epoch(store, run=run, config=config, epoch=epoch,
+                                        device=device, dist=dist, progress=progress)
     lap("stage")
-
-    features = extract_features(model, tiles, store=store, batch_size=config.train.batch_size,
-                                device=device, progress=progress)
-    descriptors, _ = compute_descriptors(features, pca_dim=config.cluster.pca_dim,
-                                         spill_dir=run.cache_dir)
+    descriptors = describe_epoch(model, tiles, staged, store=store, run=run, config=config,
+                                 device=device, dist=dist, progress=progress)
     lap("extract")
-
-    clusters = cluster_descriptors(descriptors, config, seed=epoch_seed(config.seed, epoch, 1),
-                                   device=device)
-    labels = clusters.pop("labels")
-    k = clusters["n_clusters"]
-    run.save_assignments(epoch, indices=subset, labels=labels)
-    previous = run.load_assignments(epoch - 1) if epoch > 0 else None
-    record: dict[str, Any] = {
-        "epoch": epoch,
-        "n_tiles": len(subset),
-        **clusters,
-        **cluster_size_stats(labels, k=k),
-        "nmi_prev": nmi_on_common(*previous, subset, labels) if previous else None,
-    }
-    if store.has_labels:
-        truth = store.labels[subset]
-        known = truth >= 0  # adapters mark tiles without a label as -1
-        record["nmi_labels"] = nmi(truth[known], labels[known]) if known.sum() > 1 else None
+    labels, record = cluster_epoch(descriptors, subset, store=store, run=run, config=config,
+                                   epoch=epoch, device=device, dist=dist)
+    del descriptors
     lap("cluster")
 
-    t = config.train
     seed = epoch_seed(config.seed, epoch, 2)
     torch.manual_seed(seed)  # the new top layer's init and dropout
-    model.reset_head(k)
+    model.reset_head(record["n_clusters"])
+    if dist.rank:
+        torch.manual_seed(seed * 1000 + dist.rank)  # own dropout masks; the head is rank 0's
     head_optimizer = build_optimizer(model.top.parameters(), config=config)
-    dataset = AugmentedTiles(
-        tiles, labels, scale=store.attrs["scale"], offset=store.attrs["offset"],
-        transform=build_augmentation(config.data.augment, tile_size=model.spec.tile_size,
-                                     seed=seed),
-    )
-    n_draws = int(t.updates_factor * len(subset)) // t.batch_size * t.batch_size or len(subset)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=t.batch_size,
-        sampler=ClusterUniformSampler(labels, n_draws=n_draws, seed=seed),
-        num_workers=loader_workers(config, device), worker_init_fn=seed_worker,
-        pin_memory=device.type == "cuda", persistent_workers=False,
-    )
-    record["loss"] = train_one_epoch(model, loader, optimizer=optimizer,
-                                     head_optimizer=head_optimizer, device=device,
-                                     progress=progress)
+    batches = training_batches(tiles, staged, labels, store=store, config=config,
+                               tile_size=model.spec.tile_size, seed=seed, device=device,
+                               dist=dist)
+    record["loss"] = train_one_epoch(wrap_ddp(model, device=device, dist=dist), batches,
+                                     optimizer=optimizer, head_optimizer=head_optimizer,
+                                     device=device, progress=progress, dist=dist)
     lap("train")
-    record["seconds"] = seconds
+    record["seconds"] = lap.seconds
     return record
+
+
+def wrap_ddp(model: DeepClusterNet, *, device: torch.device, dist: Dist) -> nn.Module:
+    """DistributedDataParallel over the model as it is this epoch (its head is new each epoch,
+    so it is wrapped again; wrapping broadcasts rank 0's parameters)."""
+    if not dist.enabled:
+        return model
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[device] if device.type == "cuda" else None)
 
 
 def _summary(r: dict[str, Any]) -> str:

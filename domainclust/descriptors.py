@@ -4,6 +4,9 @@ Pass 1 accumulates the mean and the D×D covariance batch by batch (shifted by t
 batch's mean against cancellation) and spills the raw features to disk when they do not fit
 the memory budget; pass 2 projects them. Only N×pca_dim descriptors stay in memory.
 The covariance + eigh route replaces faiss `PCAMatrix`, which takes minutes on 4096-d features.
+Across torch.distributed ranks the covariance is a sum: each rank accumulates its shard, the
+sums are all-reduced, rank 0 fits the whitening and every rank projects its own shard.
+On a GPU the features and descriptors stay in GPU memory while they fit a budget.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from domainclust.distributed import SINGLE, Dist, all_reduce_sum_, broadcast_object
 from domainclust.errors import DomainclustError
 
 EPS = 1e-12
@@ -70,11 +74,7 @@ class CovarianceAccumulator:
         if x.ndim != 2 or len(x) == 0:
             return
         if self.shift is None:
-            self.shift = x.mean(0, dtype=torch.float64)
-            d = x.shape[1]
-            self.sum = torch.zeros(d, dtype=torch.float64, device=x.device)
-            self.gram64 = torch.zeros(d, d, dtype=torch.float64, device=x.device)
-            self.gram32 = torch.zeros(d, d, dtype=torch.float32, device=x.device)
+            self.start(x.mean(0, dtype=torch.float64))
         xs = x.float() - self.shift.to(x.device, torch.float32)
         self.sum += xs.sum(0, dtype=torch.float64)
         self.n += len(x)
@@ -82,6 +82,23 @@ class CovarianceAccumulator:
         self.pending_rows += len(xs)
         if self.pending_rows >= self.block_rows:
             self._flush()
+
+    def start(self, shift: torch.Tensor) -> None:
+        """Fix the shift (ranks that reduce their sums together must share one)."""
+        self.shift = shift.double()
+        d, dev = len(shift), shift.device
+        self.sum = torch.zeros(d, dtype=torch.float64, device=dev)
+        self.gram64 = torch.zeros(d, d, dtype=torch.float64, device=dev)
+        self.gram32 = torch.zeros(d, d, dtype=torch.float32, device=dev)
+
+    def all_reduce(self, d: Dist) -> None:
+        """Sum count, shifted sum and Gram matrix over ranks (all must share the shift)."""
+        self._flush()
+        self._fold()
+        n = torch.tensor([float(self.n)], dtype=torch.float64, device=self.sum.device)
+        for t in (n, self.sum, self.gram64):
+            all_reduce_sum_(t, d)
+        self.n = int(n.item())
 
     def _flush(self) -> None:
         if not self.pending:
@@ -179,8 +196,11 @@ def fit_whitening(mean: torch.Tensor, cov: torch.Tensor, *, pca_dim: int, n: int
 class _Spill:
     """Raw feature batches kept in RAM, or in a float32 file once they exceed the budget."""
 
-    def __init__(self, budget_bytes: int, spill_dir: Path | None) -> None:
+    def __init__(self, budget_bytes: int, spill_dir: Path | None, *, device_budget: int = 0) -> None:
         self.budget, self.spill_dir = budget_bytes, spill_dir
+        self.device_budget = device_budget  # bytes kept on an accelerator without a host copy
+        self.device_batches: list[torch.Tensor] = []
+        self.device_nbytes = 0
         self.batches: list[torch.Tensor] = []
         self.nbytes = 0
         self.file = None
@@ -188,7 +208,13 @@ class _Spill:
         self.dim = 0
 
     def add(self, x: torch.Tensor) -> None:
-        x = x.detach().float().cpu()
+        x = x.detach().float()
+        if (x.device.type != "cpu" and not self.batches and self.file is None
+                and self.device_nbytes + x.numel() * 4 <= self.device_budget):
+            self.device_batches.append(x)
+            self.device_nbytes += x.numel() * 4
+            return
+        x = x.cpu()
         self.dim = x.shape[1]
         if self.file is None and self.nbytes + x.numel() * 4 > self.budget:
             if self.spill_dir is not None:
@@ -210,6 +236,7 @@ class _Spill:
         self.rows.append(len(x))
 
     def batches_back(self) -> Iterator[torch.Tensor]:
+        yield from self.device_batches
         if self.file is None:
             yield from self.batches
             return
@@ -221,31 +248,76 @@ class _Spill:
         self.file.close()
 
 
+def _shared_shift(first: torch.Tensor, d: Dist) -> torch.Tensor:
+    """The mean of every rank's first batch: one shift for all ranks."""
+    shift = first.mean(0, dtype=torch.float64)
+    return all_reduce_sum_(shift, d) / d.world
+
+
+def _fit(acc: CovarianceAccumulator, *, pca_dim: int, d: Dist) -> Whitening:
+    if d.enabled:
+        acc.all_reduce(d)
+        whitening = None
+        if d.is_main:
+            mean, cov = acc.finalize()
+            w = fit_whitening(mean, cov, pca_dim=pca_dim, n=acc.n)
+            whitening = (w.mean.cpu(), w.components.cpu(), w.eigenvalues.cpu())
+        # One fit for all ranks: eigenvector signs must agree across the shards' descriptors.
+        mean, components, eigenvalues = broadcast_object(whitening, d, device=acc.sum.device)
+        dev = acc.sum.device
+        return Whitening(mean=mean.to(dev), components=components.to(dev),
+                         eigenvalues=eigenvalues.to(dev))
+    rows = acc.unflushed_rows()
+    if rows is not None and len(rows) < rows.shape[1]:
+        whitening = fit_whitening_from_rows(rows, pca_dim=pca_dim)
+        whitening.mean = whitening.mean + acc.shift  # rows were shifted by the first batch's mean
+        return whitening
+    mean, cov = acc.finalize()
+    return fit_whitening(mean, cov, pca_dim=pca_dim, n=acc.n)
+
+
 def compute_descriptors(
     batches: Iterable[torch.Tensor],
     *,
     pca_dim: int,
     memory_budget_bytes: int = 64 << 20,
     spill_dir: Path | None = None,
-) -> tuple[np.ndarray, Whitening]:
-    """(N, pca_dim) float32 unit-norm descriptors of a stream of (b, D) feature batches."""
+    device_budget_bytes: int = 0,
+    on_device: bool = False,
+    dist: Dist = SINGLE,
+) -> tuple[np.ndarray | torch.Tensor, Whitening]:
+    """(N, pca_dim) float32 unit-norm descriptors of a stream of (b, D) feature batches.
+
+    With `on_device` the descriptors come back as a tensor where the features were (a GPU
+    stays fed without a host copy); `device_budget_bytes` of raw features may stay there too.
+    Under torch.distributed each rank passes its shard and gets its shard's descriptors,
+    projected with the whitening fitted on all shards.
+    """
     acc = CovarianceAccumulator()
-    spill = _Spill(memory_budget_bytes, spill_dir)
-    for x in batches:
+    spill = _Spill(memory_budget_bytes, spill_dir, device_budget=device_budget_bytes)
+    stream = iter(batches)
+    if dist.enabled:
+        first = next(stream, None)
+        if first is None:
+            raise DomainclustError(f"rank {dist.rank} has no features to describe")
+        acc.start(_shared_shift(first.float(), dist))
+        stream = _chain(first, stream)
+    for x in stream:
         acc.update(x)
         spill.add(x)
-    rows = acc.unflushed_rows()
-    if rows is not None and len(rows) < rows.shape[1]:
-        whitening = fit_whitening_from_rows(rows, pca_dim=pca_dim)
-        whitening.mean = whitening.mean + acc.shift  # rows were shifted by the first batch's mean
-    else:
-        mean, cov = acc.finalize()
-        whitening = fit_whitening(mean, cov, pca_dim=pca_dim, n=acc.n)
-        del cov
-    out = np.empty((acc.n, whitening.components.shape[1]), dtype=np.float32)
+    whitening = _fit(acc, pca_dim=pca_dim, d=dist)
+    dev = whitening.components.device
+    n_local = sum(spill.rows) + sum(len(b) for b in spill.batches + spill.device_batches)
+    out = torch.empty((n_local, whitening.components.shape[1]), dtype=torch.float32,
+                      device=dev if on_device else "cpu")
     row = 0
     for x in spill.batches_back():
-        y = whitening(x.to(whitening.components.device))
-        out[row : row + len(y)] = y.cpu().numpy()
+        y = whitening(x.to(dev))
+        out[row : row + len(y)] = y.to(out.device)
         row += len(y)
-    return out, whitening
+    return (out if on_device else out.numpy()), whitening
+
+
+def _chain(first: torch.Tensor, rest: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+    yield first
+    yield from rest

@@ -46,3 +46,11 @@ def resolve_device(name: str = "auto") -> torch.device:
             f"device '{name}' was requested but CUDA is not available here; use --set device=auto"
         )
     return device
+
+
+def device_memory_budget(device: torch.device, *, fraction: float = 0.25) -> int:
+    """Bytes of accelerator memory a stage may keep without a host copy (0 on CPU)."""
+    if device.type != "cuda":
+        return 0
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(fraction * free)

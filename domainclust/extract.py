@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from domainclust.device_batches import FloatBatches
 from domainclust.model import DeepClusterNet
 from domainclust.store import TileStore
 
@@ -36,21 +37,30 @@ def tile_batches(
 @torch.no_grad()
 def extract_features(
     model: DeepClusterNet,
-    tiles: np.ndarray,
+    tiles: np.ndarray | FloatBatches,
     *,
     store: TileStore,
     batch_size: int,
     device: torch.device,
     progress: bool = True,
 ) -> Iterator[torch.Tensor]:
-    """Pre-ReLU features (float32, on the device) of every tile, batch by batch."""
+    """Pre-ReLU features (float32, on the device) of every tile, batch by batch.
+
+    `tiles` is a host array, or tiles already staged on the device (`float_batches`).
+    """
     model.eval()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    batches = tile_batches(
-        tiles, store=store, batch_size=batch_size, device=device, tile_size=model.spec.tile_size
-    )
+    cuda = device.type == "cuda"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
+    tile_size = model.spec.tile_size
+    if isinstance(tiles, np.ndarray):
+        batches = tile_batches(tiles, store=store, batch_size=batch_size, device=device,
+                               tile_size=tile_size)
+    else:
+        batches = tiles.float_batches(batch_size=batch_size, tile_size=tile_size)
     with tqdm(total=len(tiles), desc="extract", unit="tile", disable=not progress, leave=False) as bar:
         for x in batches:
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
             with autocast:
                 f = model.features(x)
             bar.update(len(x))

@@ -1,4 +1,4 @@
-"""Power iteration clustering (PIC) on a faiss k-NN graph, as DeepCluster's second clusterer.
+"""Power iteration clustering (PIC) on a k-NN graph (faiss, cuVS or torch), as DeepCluster's second clusterer.
 
 The graph's Gaussian kernel uses a bandwidth scaled to the data (the mean squared k-NN
 distance): the reference's fixed σ=0.2 on unit-norm descriptors underflows every edge weight
@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse
+import torch
 
+from domainclust.backends import select_backend
 from domainclust.errors import DomainclustError
 
 ALPHA = 0.001  # teleport weight of the random walk (reference value)
@@ -27,27 +29,34 @@ class PICResult:
     n_singletons: int  # singletons before they were merged
 
 
-def knn_graph(x: np.ndarray, *, neighbors: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and squared L2 distances of each row's `neighbors` nearest other rows (faiss)."""
-    import faiss
-
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    index = faiss.IndexFlatL2(x.shape[1])
-    index.add(x)
-    dist, idx = index.search(x, neighbors + 1)
+def knn_graph(
+    x: np.ndarray, *, neighbors: int, backend: str = "auto", device: torch.device | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and squared L2 distances of each row's `neighbors` nearest other rows."""
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    dist_t, idx_t = select_backend(backend, device=device).knn(xt, xt, k=neighbors + 1)
+    dist, idx = dist_t.cpu().numpy(), idx_t.cpu().numpy()
     # Drop each point's self-match (it is not always in column 0 when points are duplicated).
     keep = idx != np.arange(len(x))[:, None]
     first = np.argsort(~keep, axis=1, kind="stable")[:, :neighbors]
     return np.take_along_axis(idx, first, 1), np.take_along_axis(dist, first, 1)
 
 
-def pic(x: np.ndarray, *, neighbors: int = 5, seed: int = 0) -> PICResult:
+def pic(
+    x: np.ndarray,
+    *,
+    neighbors: int = 5,
+    seed: int = 0,
+    backend: str = "auto",
+    device: torch.device | None = None,
+) -> PICResult:
     """Cluster the rows of `x`; the number of clusters is found from the data."""
     n = len(x)
     if n <= neighbors:
         raise DomainclustError(f"PIC needs more than {neighbors} tiles, got {n}")
     del seed  # PIC is deterministic; the argument keeps the clusterers interchangeable
-    idx, dist = knn_graph(x, neighbors=neighbors)
+    x = x.cpu().numpy() if isinstance(x, torch.Tensor) else x
+    idx, dist = knn_graph(x, neighbors=neighbors, backend=backend, device=device)
     sigma2 = float(dist.mean()) or 1.0
     weights = np.exp(-dist / sigma2)
     rows = np.repeat(np.arange(n), neighbors)

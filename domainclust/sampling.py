@@ -83,13 +83,28 @@ def cluster_uniform_indices(
     return positions[rng.permutation(len(positions))].astype(np.int64)
 
 
-class ClusterUniformSampler(torch.utils.data.Sampler[int]):
-    """A torch Sampler over `cluster_uniform_indices`; one pass = one epoch's updates."""
+def rank_share(positions: np.ndarray, *, rank: int, world: int) -> np.ndarray:
+    """Rank `rank`'s part of one global draw: every `world`-th position.
 
-    def __init__(self, labels: np.ndarray, *, n_draws: int, seed: int) -> None:
-        self.indices = cluster_uniform_indices(
-            labels, n_draws=n_draws, rng=np.random.default_rng(seed)
-        )
+    The parts are disjoint and together are the global draw, so the draws stay uniform over
+    clusters across ranks; with per-rank batches of B / world, global step i of the ranks is
+    exactly the global draw's i-th batch of B.
+    """
+    return positions[rank::world]
+
+
+class ClusterUniformSampler(torch.utils.data.Sampler[int]):
+    """A torch Sampler over `cluster_uniform_indices`; one pass = one epoch's updates.
+
+    Under torch.distributed every rank makes the same global draw (same seed) and keeps its
+    `rank_share`.
+    """
+
+    def __init__(
+        self, labels: np.ndarray, *, n_draws: int, seed: int, rank: int = 0, world: int = 1
+    ) -> None:
+        draw = cluster_uniform_indices(labels, n_draws=n_draws, rng=np.random.default_rng(seed))
+        self.indices = rank_share(draw, rank=rank, world=world)
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices.tolist())

@@ -5,7 +5,7 @@ from sklearn.metrics import normalized_mutual_info_score
 from domainclust.errors import DomainclustError
 from domainclust.kmeans import kmeans, repair_empty
 
-BACKENDS = ["faiss", "torch"]
+BACKENDS = ["faiss", "torch"]  # cuvs: tests/test_gpu.py
 
 
 def blobs(n: int = 2000, k: int = 8, d: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
