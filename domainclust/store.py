@@ -341,6 +341,24 @@ def is_url(path: Path | str) -> bool:
     return isinstance(path, str) and path.startswith(URL_SCHEMES)
 
 
+def _check_range_requests(url: str, storage_options: dict[str, Any] | None) -> None:
+    """Reading inside a shard takes byte-range requests; a server that ignores them answers
+    with whole files, which zarr would decode as garbage (a checksum error at best)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    try:
+        answer = fs.cat_file(f"{root.rstrip('/')}/zarr.json", start=0, end=4)
+    except Exception:  # noqa: BLE001 - a server confused by ranges fails in its own ways
+        answer = b""
+    if len(answer) != 4:
+        raise DomainclustError(
+            f"the server of {url} ignores HTTP Range requests, which reading a sharded store "
+            "needs; serve it from an object store (s3://, gs://) or a server that supports "
+            "ranges (nginx, Apache), or ingest the store without --shard-chunks"
+        )
+
+
 class TileStore:
     """Read side of a TileStore: a local folder, or an fsspec URL (read-only)."""
 
@@ -381,6 +399,8 @@ class TileStore:
         self.modality: str = attrs["modality"]
         # The unit of a read (an inner chunk when sharded: shards allow partial reads).
         self.chunk_len = int(self.tiles.chunks[0])
+        if self.remote and self.tiles.shards is not None:
+            _check_range_requests(str(self.path), storage_options)
         self._scale = np.asarray(attrs["scale"], dtype=np.float32)
         self._offset = np.asarray(attrs["offset"], dtype=np.float32)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -18,7 +19,7 @@ from domainclust import deepcluster
 from domainclust.config import resolve
 from domainclust.errors import DomainclustError
 from domainclust.staging import stage_tiles
-from domainclust.store import TileStore
+from domainclust.store import StoreSpec, TileStore, TileStoreWriter
 
 SMALL = ["subset_size=256", "data.tiles_per_chunk=128", "k=8", "epochs=1", "batch_size=64",
          "pca_dim=16", "device=cpu"]
@@ -40,24 +41,30 @@ def wait_for(url: str) -> None:
     raise RuntimeError(f"server at {url} did not start")
 
 
+@contextlib.contextmanager
+def http_server(root: Path, *, log: Path, module: str = "http.server"):
+    """A real HTTP server (`python -m MODULE`) serving `root` on 127.0.0.1; yields its URL."""
+    port = free_port()
+    with open(log, "wb") as err:
+        server = subprocess.Popen([sys.executable, "-m", module, str(port), "--bind",
+                                   "127.0.0.1"], cwd=root, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(url + "/")
+        yield url
+    finally:
+        server.terminate()
+        server.wait()
+
+
 @pytest.fixture(scope="module")
 def served(mnist_store, tmp_path_factory):
     """(local store, its URL on a `python -m http.server` on 127.0.0.1, the server's log)."""
     root = tmp_path_factory.mktemp("www")
     shutil.copytree(mnist_store, root / "store.zarr")
-    port = free_port()
     log = root.parent / "http.log"
-    with open(log, "wb") as err:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-             "--directory", str(root)], stdout=subprocess.DEVNULL, stderr=err)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for(url + "/store.zarr/zarr.json")
+    with http_server(root, log=log) as url:
         yield mnist_store, url + "/store.zarr", log
-    finally:
-        server.terminate()
-        server.wait()
 
 
 def chunk_gets(log: Path) -> list[str]:
@@ -110,7 +117,26 @@ def test_a_url_without_a_store_is_a_clear_error(served) -> None:
         TileStore("http://127.0.0.1:1/store.zarr")
 
 
-def test_a_store_on_s3_reads_like_the_local_one(mnist_store) -> None:
+def sharded_copy(store: TileStore, path: Path) -> Path:
+    w = TileStoreWriter(path, StoreSpec(
+        modality=store.modality, channels=store.channels, tile_size=store.tile_size,
+        dtype="uint8", scale=tuple(store.attrs["scale"]), offset=tuple(store.attrs["offset"])),
+        chunk_tiles=256, shard_chunks=8)
+    w.append(store.read(np.arange(store.n)))
+    w.finish()
+    return path
+
+
+def test_a_sharded_store_over_a_server_without_range_requests_is_refused(
+    mnist_store, tmp_path
+) -> None:
+    sharded_copy(TileStore(mnist_store), tmp_path / "www" / "s.zarr")
+    with http_server(tmp_path / "www", log=tmp_path / "plain.log") as url, \
+         pytest.raises(DomainclustError, match="ignores HTTP Range requests"):
+        TileStore(f"{url}/s.zarr")
+
+
+def test_a_store_on_s3_reads_like_the_local_one(mnist_store, tmp_path) -> None:
     moto_server = pytest.importorskip("moto.server")
     s3fs = pytest.importorskip("s3fs")
     boto3 = pytest.importorskip("boto3")
@@ -124,11 +150,16 @@ def test_a_store_on_s3_reads_like_the_local_one(mnist_store) -> None:
                      aws_access_key_id="test", aws_secret_access_key="test",
                      ).create_bucket(Bucket="tiles-bucket")
         fs = s3fs.S3FileSystem(**options)
-        fs.put(str(mnist_store), "tiles-bucket/store.zarr", recursive=True)
-        there = TileStore("s3://tiles-bucket/store.zarr", storage_options=options)
         here = TileStore(mnist_store)
-        idx = np.arange(0, here.n, 13)
-        np.testing.assert_array_equal(there.read(idx), here.read(idx))
-        np.testing.assert_array_equal(there.labels, here.labels)
+        fs.put(str(mnist_store), "tiles-bucket/store.zarr", recursive=True)
+        fs.put(str(sharded_copy(here, tmp_path / "sharded.zarr")), "tiles-bucket/sharded.zarr",
+               recursive=True)
+        idx = np.random.default_rng(3).choice(here.n, size=500, replace=False)
+        for name in ("store", "sharded"):  # sharded: reads inner chunks by byte range
+            there = TileStore(f"s3://tiles-bucket/{name}.zarr", storage_options=options)
+            np.testing.assert_array_equal(there.read(idx), here.read(idx))
+            if name == "store":
+                np.testing.assert_array_equal(there.labels, here.labels)
+        assert there.tiles.shards[0] == 8 * there.chunk_len
     finally:
         server.stop()
