@@ -21,7 +21,8 @@ SET_HELP = "key=value override (short keys: epochs, k, batch_size, lr, arch, ...
 @app.command()
 def pretrain(
     run_dir: Path = typer.Option(..., "--run-dir", help="where config, metrics and checkpoints go"),
-    store: Path | None = typer.Option(None, "--store", help="TileStore to train on"),
+    store: str | None = typer.Option(
+        None, "--store", help="TileStore to train on: a folder or a URL (http(s)://, s3://, ...)"),
     config: Path | None = typer.Option(None, "--config", help="recipe YAML"),
     modality: str | None = typer.Option(None, "--modality", help="use this modality's recipe"),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
@@ -66,6 +67,10 @@ def ingest(
     out: Path = typer.Option(..., "--out", help="TileStore to write (resumed if it exists)"),
     set_: list[str] = typer.Option([], "--set", help="adapter option key=value; repeatable"),
     workers: int = typer.Option(1, "--workers", help="reader processes"),
+    dask: str | None = typer.Option(
+        None, "--dask", help="run reads and writes on a Dask cluster: scheduler address or local:N"),
+    shard_chunks: int | None = typer.Option(
+        None, "--shard-chunks", help="chunks per zarr v3 shard (new stores of millions of tiles)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
     report: Path = typer.Option(None, "--report",
                                 help="where the report naming skipped files goes "
@@ -76,11 +81,19 @@ def ingest(
 
     Skipped files are listed by path on stderr and in the report file, never in the store.
     """
+    import inspect
+
     from domainclust.modality import get_modality, ingest_options
 
     m = get_modality(modality)
+    engine = {k: v for k, v in {"dask": dask, "shard_chunks": shard_chunks}.items() if v}
+    accepted = inspect.signature(m.ingest).parameters
+    for key in engine:
+        if key not in accepted:
+            flag = "--" + key.replace("_", "-")
+            raise DomainclustError(f"the {m.name} adapter's ingest does not support {flag}")
     result = m.ingest(list(sources or []), out, options=ingest_options(m, list(set_)),
-                      workers=workers, progress=not quiet, report=report, add=add)
+                      workers=workers, progress=not quiet, report=report, add=add, **engine)
     typer.echo(f"{out}: {result['tiles_written']} tiles written, "
                f"{len(result['skipped'])} file(s) skipped")
 

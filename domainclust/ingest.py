@@ -3,8 +3,9 @@
 An adapter says what its items are (`discover`), what the store holds (`spec`), and how one
 item becomes tiles (`read`, run in a worker process). The engine owns what every adapter needs
 the same way: parallel reads, progress, the ingest report, and resuming after an interruption
-(each item's tiles are committed together with the item's key, so a re-run skips finished
-items and never duplicates or loses tiles).
+(each item's tiles are committed together with a record of the item, one line of the store's
+commit log, so a re-run skips finished items and never duplicates or loses tiles). Reads run in
+this process, in worker processes, or on a Dask cluster (`domainclust.dask_ingest`).
 """
 
 from __future__ import annotations
@@ -81,6 +82,60 @@ class Skipped:
     files: list[tuple[int, str]]
 
 
+@dataclass
+class Bookkeeping:
+    """What an ingest has done so far, folded from the commit records of its store."""
+
+    done: dict[str, int] = field(default_factory=dict)  # key → tiles written
+    skipped: dict[str, str] = field(default_factory=dict)  # key → reason (this run's)
+    skipped_files: dict[str, list] = field(default_factory=dict)  # key → [[index, why]]
+    dropped: int = 0
+
+    @classmethod
+    def replay(cls, records: list[dict[str, Any]], *, legacy: dict[str, Any]) -> Bookkeeping:
+        """`legacy`: the single state snapshot of a store written before the commit log."""
+        book = cls(done=dict(legacy.get("done", {})),
+                   skipped_files=dict(legacy.get("skipped_files", {})),
+                   dropped=int(legacy.get("tiles_dropped", 0)))
+        for record in records:
+            book.apply(record)
+        book.skipped.clear()  # skipped items are retried: their reasons come from this run
+        return book
+
+    def apply(self, record: dict[str, Any]) -> None:
+        key = record["key"]
+        self.skipped.pop(key, None)
+        self.skipped_files.pop(key, None)
+        if record.get("files"):
+            self.skipped_files[key] = record["files"]
+        if "skip" in record:
+            self.skipped[key] = record["skip"]
+            return
+        self.done[key] = int(record["n"])
+        self.dropped += int(record.get("dropped", 0))
+
+
+def item_record(item: SourceItem, result: TileBatch | Skipped) -> dict[str, Any]:
+    """The commit record of one item: a few bytes, whatever the number of items before it.
+    Reasons are scrubbed of the item's paths: the record lives in the store."""
+    files = result.files if isinstance(result, Skipped) else result.skipped_files
+    record: dict[str, Any] = {"key": item.key}
+    if isinstance(result, Skipped):
+        record["skip"] = scrub_paths(result.reason, item.paths)
+    else:
+        record["n"] = len(result.tiles)
+        if result.skipped_tiles:
+            record["dropped"] = int(result.skipped_tiles)
+    if files:
+        record["files"] = [[int(i), scrub_paths(r, item.paths)] for i, r in files]
+    return record
+
+
+def item_meta(meta: dict[str, np.ndarray], *, n: int, source: int) -> dict[str, np.ndarray]:
+    """The meta rows of an item's `n` tiles: its source index, then the adapter's own."""
+    return {"source": np.full(n, source, dtype=np.int32), **meta}
+
+
 def _read(adapter: Adapter, item: SourceItem, options: dict[str, Any]) -> TileBatch | Skipped:
     try:
         return adapter.read(item, options)
@@ -119,6 +174,9 @@ def run_ingest(
     progress: bool = True,
     report: Path | None = None,
     add: bool = False,
+    dask: Any = None,
+    chunk_tiles: int | None = None,
+    shard_chunks: int | None = None,
 ) -> dict[str, Any]:
     """Ingest `sources` into the store at `out` (resuming it if it exists); returns the report.
 
@@ -126,6 +184,11 @@ def run_ingest(
     the store) and listed on stderr. The store keeps counts, item digests and, for resuming,
     the reasons of files left out of finished items, never a path. A store started from other
     sources is refused unless `add` extends it with the new items.
+
+    `dask`: a scheduler address, `local:N` (a LocalCluster of N worker processes) or a
+    `distributed.Client`; reads and tile writes then run on its workers. `chunk_tiles`, tiles
+    per chunk, and `shard_chunks`, chunks per zarr v3 shard (so that a store of millions of
+    tiles is not millions of files), lay out a new store.
     """
     found = adapter.discover([Path(s) for s in sources], options)
     if not found:
@@ -139,49 +202,45 @@ def run_ingest(
     if len(by_key) != len(keys):
         raise DomainclustError("adapter produced duplicate item keys; report this as a bug")
     with_labels = adapter.has_labels(found, options)
-    writer = TileStoreWriter(out, adapter.spec(found, options), with_labels=with_labels)
+    writer = TileStoreWriter(out, adapter.spec(found, options), with_labels=with_labels,
+                             chunk_tiles=chunk_tiles, shard_chunks=shard_chunks)
     order = item_order(writer, keys, add=add)
-    state = writer.state
-    done: dict[str, int] = dict(state.get("done", {}))  # key → tiles written
-    skipped: dict[str, str] = {}  # key → reason; not kept in the store: skipped items are retried
-    skipped_files: dict[str, list] = dict(state.get("skipped_files", {}))  # key → [[index, why]]
-    dropped = int(state.get("tiles_dropped", 0))
+    book = Bookkeeping.replay(writer.records, legacy=writer.state)
     source_index = {key: i for i, key in enumerate(order)}
     # Skipped items are retried on a re-run: the cause (a missing decoder, a file being copied)
     # may have been fixed since.
-    todo = [item for item in items if item.key not in done]
+    todo = [item for item in items if item.key not in book.done]
     empty = np.zeros((0, *writer.group["tiles"].shape[1:]), dtype=writer.spec.dtype)
     empty_labels = np.zeros(0, dtype=np.int64) if with_labels else None
 
     with tqdm(total=len(items), initial=len(items) - len(todo), desc="ingest", unit="item",
               disable=not progress) as bar:
-        for item, result in _results(adapter, todo, options, workers):
-            skipped_files.pop(item.key, None)
-            if isinstance(result, Skipped):
-                skipped[item.key] = result.reason
-                files = result.files
-                result = TileBatch(tiles=np.zeros(0))
-            else:
-                done[item.key] = len(result.tiles)
-                dropped += result.skipped_tiles
-                files = result.skipped_files
-            if files:
-                skipped_files[item.key] = [[int(i), scrub_paths(r, item.paths)] for i, r in files]
-            n = len(result.tiles)
-            state = {"done": done, "skipped_files": skipped_files, "tiles_dropped": dropped}
-            if n:
-                meta = {"source": np.full(n, source_index[item.key], dtype=np.int32),
-                        **result.meta}
-                writer.append(result.tiles, labels=result.labels, meta=meta, state=state)
-            else:  # nothing usable in the item: commit only the bookkeeping
-                writer.append(empty, labels=empty_labels, state=state)
-            bar.update(1)
-            bar.set_postfix(tiles=writer.count, skipped=len(skipped), refresh=False)
 
-    entries = skip_entries(by_key, skipped, skipped_files)
-    counts = {"items_found": len(items), "items_read": len(done), "items_skipped": len(skipped),
-              "files_skipped": len(entries), "tiles_written": writer.count,
-              "tiles_dropped": dropped}
+        def committed(record: dict[str, Any]) -> None:
+            book.apply(record)
+            bar.update(1)
+            bar.set_postfix(tiles=writer.count, skipped=len(book.skipped), refresh=False)
+
+        if dask is not None:
+            from domainclust.dask_ingest import ingest_on_dask
+
+            ingest_on_dask(adapter, todo, options, writer=writer, dask=dask,
+                           source_index=source_index, on_commit=committed)
+        else:
+            for item, result in _results(adapter, todo, options, workers):
+                record = item_record(item, result)
+                if isinstance(result, TileBatch) and len(result.tiles):
+                    writer.append(result.tiles, labels=result.labels, record=record,
+                                  meta=item_meta(result.meta, n=len(result.tiles),
+                                                 source=source_index[item.key]))
+                else:  # nothing usable in the item: commit only the bookkeeping
+                    writer.append(empty, labels=empty_labels, record=record)
+                committed(record)
+
+    entries = skip_entries(by_key, book.skipped, book.skipped_files)
+    counts = {"items_found": len(items), "items_read": len(book.done),
+              "items_skipped": len(book.skipped), "files_skipped": len(entries),
+              "tiles_written": writer.count, "tiles_dropped": book.dropped}
     report_path = Path(report) if report is not None else default_report_path(Path(out))
     full = {**counts, "store": str(out), "skipped": entries}
     atomic_write_text(report_path, json.dumps(full, indent=2))

@@ -3,20 +3,29 @@
 Layout (format 1)::
 
     store.zarr/
-      tiles   (N, C, H, W)  uint8 | uint16 | float16, several tiles per chunk
+      tiles   (N, C, H, W)  uint8 | uint16 | float16, several tiles per chunk (optionally
+                            several chunks per zarr v3 shard, so millions of tiles are few files)
       labels  (N,)          int64, optional (evaluation sets)
       meta/<name> (N, ...)  per-tile metadata: `source` index, `position`, adapter extras
+      commits.jsonl         the writer's append-only commit log (one JSON line per commit)
       attrs: format_version, modality, channels, tile_size, dtype, scale, offset,
-             provenance, count, complete, state
+             provenance, count, complete
 
-Tiles become floats as `tile * scale[c] + offset[c]`. A writer commits `count` only after
-every array of a batch is written, so a crash never leaves a half-written tile visible, and
-re-opening the writer truncates anything past the last commit and continues.
+Tiles become floats as `tile * scale[c] + offset[c]`. A writer appends a commit line only
+after every array of a batch is written, so a crash never leaves a half-written tile visible,
+and re-opening the writer truncates anything past the last commit and continues. A commit
+costs the same at the millionth item as at the first: it appends one line, it never rewrites
+what earlier commits wrote. `count` and `complete` reach `zarr.json` when the writer finishes.
+
+A store opens for reading from a local path or an fsspec URL (`http(s)://`, `s3://`, `gs://`,
+`file://`); remote reads go chunk by chunk through the same chunk-aware path as local ones.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,6 +45,9 @@ FORMAT_VERSION = 1
 STORAGE_DTYPES = ("uint8", "uint16", "float16")
 TARGET_CHUNK_BYTES = 2 << 20  # a chunk of ~2 MiB amortises zarr's per-chunk cost
 META_CHUNK = 4096  # rows per labels/meta chunk: appends rewrite the last chunk, keep it small
+LOG_NAME = "commits.jsonl"
+URL_SCHEMES = ("http://", "https://", "s3://", "gs://", "gcs://", "file://")
+REMOTE_READ_THREADS = 16  # remote chunk reads wait on the network, not the CPU
 
 
 @dataclass(frozen=True)
@@ -76,8 +88,60 @@ def default_chunk_tiles(channels: int, tile_size: int, dtype: str) -> int:
     return int(max(1, min(4096, TARGET_CHUNK_BYTES // tile_bytes)))
 
 
+class CommitLog:
+    """An append-only JSON-lines file: one line per commit, fsynced before the commit counts.
+
+    A line torn by a crash (no newline, or not JSON) is not a commit: `replay` drops it and
+    cuts the file back to the last whole line, so the next append starts clean.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: Any = None
+
+    def replay(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        data = self.path.read_bytes()
+        entries: list[dict[str, Any]] = []
+        good = 0
+        for line in data.splitlines(keepends=True):
+            if not line.endswith(b"\n"):
+                break
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                break
+            good += len(line)
+        if good != len(data):
+            with open(self.path, "r+b") as f:
+                f.truncate(good)
+        return entries
+
+    def append(self, entry: dict[str, Any]) -> None:
+        if self._file is None:
+            self._file = open(self.path, "ab")  # noqa: SIM115 - kept open across commits
+        self._file.write(json.dumps(entry, separators=(",", ":")).encode() + b"\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def reset(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
 class TileStoreWriter:
-    """Appends batches of tiles; safe to re-open after a crash and continue."""
+    """Appends batches of tiles; safe to re-open after a crash and continue.
+
+    Each commit may carry a `record` (a small JSON-able dict, e.g. which source item it
+    finished); `records` replays them on re-open. `state` is the latest snapshot a commit
+    carried, for writers whose whole progress fits in a few bytes.
+    """
 
     def __init__(
         self,
@@ -86,10 +150,14 @@ class TileStoreWriter:
         *,
         with_labels: bool = False,
         chunk_tiles: int | None = None,
+        shard_chunks: int | None = None,
         overwrite: bool = False,
     ) -> None:
         self.path = Path(path)
         self.spec = spec
+        self.log = CommitLog(self.path / LOG_NAME)
+        self.records: list[dict[str, Any]] = []
+        self._state: dict[str, Any] = {}
         exists = (self.path / "zarr.json").exists()
         if exists and not overwrite:
             self.group = zarr.open_group(str(self.path), mode="r+")
@@ -100,29 +168,52 @@ class TileStoreWriter:
                     f"{self.path} already holds a store with different settings "
                     f"({_first_difference(old, new)}); choose another --out or delete it"
                 )
-            self._truncate(int(self.group.attrs.get("count", 0)))
+            self._count = self._replay()
+            self._truncate(self._count)
         else:
             self.group = zarr.open_group(str(self.path), mode="w")
+            self.log.reset()
             c, s = len(spec.channels), spec.tile_size
             chunk = chunk_tiles or default_chunk_tiles(c, s, spec.dtype)
+            shards = None if not shard_chunks or shard_chunks <= 1 else (chunk * shard_chunks, c, s, s)
             codec = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
             self.group.create_array(
-                "tiles", shape=(0, c, s, s), chunks=(chunk, c, s, s), dtype=spec.dtype,
-                compressors=codec,
+                "tiles", shape=(0, c, s, s), chunks=(chunk, c, s, s), shards=shards,
+                dtype=spec.dtype, compressors=codec,
             )
             if with_labels:
                 self.group.create_array("labels", shape=(0,), chunks=(META_CHUNK,), dtype="int64")
             self.group.require_group("meta")
-            self.group.attrs.update({**spec.attrs(), "count": 0, "complete": False, "state": {}})
+            self.group.attrs.update({**spec.attrs(), "count": 0, "complete": False})
+            self._count = 0
+
+    def _replay(self) -> int:
+        entries = self.log.replay()
+        if not entries:  # a store from before the commit log: its progress sits in the attrs
+            self._state = dict(self.group.attrs.get("state", {}))
+            return int(self.group.attrs.get("count", 0))
+        for entry in entries:
+            if "record" in entry:
+                self.records.append(entry["record"])
+            if "state" in entry:
+                self._state = entry["state"]
+        return int(entries[-1]["count"])
 
     @property
     def count(self) -> int:
-        return int(self.group.attrs["count"])
+        """Tiles committed so far."""
+        return self._count
 
     @property
     def state(self) -> dict[str, Any]:
-        """Adapter-defined progress (e.g. which source files are done), committed with tiles."""
-        return dict(self.group.attrs.get("state", {}))
+        """The latest adapter-defined snapshot a commit carried."""
+        return dict(self._state)
+
+    @property
+    def write_unit(self) -> int:
+        """Tiles per shard (or per chunk when unsharded): the unit one writer owns at a time."""
+        tiles = self.group["tiles"]
+        return int((tiles.shards or tiles.chunks)[0])
 
     def append(
         self,
@@ -131,16 +222,49 @@ class TileStoreWriter:
         labels: np.ndarray | None = None,
         meta: dict[str, np.ndarray] | None = None,
         state: dict[str, Any] | None = None,
+        record: dict[str, Any] | None = None,
     ) -> None:
-        """Write one batch and commit it (with the adapter's `state`) in one step."""
+        """Write one batch and commit it (with its `record`/`state`) in one step."""
         tiles = np.asarray(tiles)
+        self.check_tiles(tiles)
+        n = len(tiles)
+        self._check_rows(n, labels=labels, meta=meta)
+        if n:
+            self.group["tiles"].append(tiles, axis=0)
+        self._commit(n, labels=labels, meta=meta, state=state, record=record)
+
+    def check_tiles(self, tiles: np.ndarray) -> None:
         spec = self.spec
         expected = (len(spec.channels), spec.tile_size, spec.tile_size)
         if tiles.ndim != 4 or tiles.shape[1:] != expected:
             raise DomainclustError(f"tiles must be (n, {expected}), got {tiles.shape}")
         if tiles.dtype != np.dtype(spec.dtype):
             raise DomainclustError(f"tiles must be {spec.dtype}, got {tiles.dtype}")
-        n = len(tiles)
+
+    def reserve(self, stop: int) -> None:
+        """Grow `tiles` to `stop` rows so that other processes can write whole chunks or
+        shards past the last commit; nothing there counts until `commit_written`."""
+        tiles = self.group["tiles"]
+        if stop > tiles.shape[0]:
+            tiles.resize((stop, *tiles.shape[1:]))
+
+    def commit_written(
+        self,
+        n: int,
+        *,
+        labels: np.ndarray | None = None,
+        meta: dict[str, np.ndarray] | None = None,
+        record: dict[str, Any] | None = None,
+    ) -> None:
+        """Commit `n` tiles that another process already wrote at `count` onwards."""
+        if self._count + n > self.group["tiles"].shape[0]:
+            raise DomainclustError(f"cannot commit {n} tiles past the reserved end of {self.path}")
+        self._check_rows(n, labels=labels, meta=meta)
+        self._commit(n, labels=labels, meta=meta, state=None, record=record)
+
+    def _check_rows(
+        self, n: int, *, labels: np.ndarray | None, meta: dict[str, np.ndarray] | None
+    ) -> None:
         has_labels = "labels" in self.group
         if has_labels != (labels is not None):
             raise DomainclustError(
@@ -158,22 +282,36 @@ class TileStoreWriter:
             if len(values) != n:
                 raise DomainclustError(f"meta '{name}' has {len(values)} rows for {n} tiles")
             if name not in meta_group:
-                if self.count:
+                if self._count:
                     raise DomainclustError(f"meta '{name}' must be given from the first batch on")
                 meta_group.create_array(
                     name, shape=(0, *values.shape[1:]),
                     chunks=(META_CHUNK, *values.shape[1:]), dtype=values.dtype,
                 )
+
+    def _commit(
+        self,
+        n: int,
+        *,
+        labels: np.ndarray | None,
+        meta: dict[str, np.ndarray] | None,
+        state: dict[str, Any] | None,
+        record: dict[str, Any] | None,
+    ) -> None:
         if n:
-            self.group["tiles"].append(tiles, axis=0)
             if labels is not None:
                 self.group["labels"].append(np.asarray(labels, dtype=np.int64), axis=0)
             for name, values in (meta or {}).items():
-                meta_group[name].append(np.asarray(values), axis=0)
-        commit: dict[str, Any] = {"count": self.count + n}
+                self.group["meta"][name].append(np.asarray(values), axis=0)
+        entry: dict[str, Any] = {"count": self._count + n}
         if state is not None:
-            commit["state"] = state
-        self.group.attrs.update(commit)
+            entry["state"] = state
+            self._state = state
+        if record is not None:
+            entry["record"] = record
+            self.records.append(record)
+        self.log.append(entry)  # the commit point
+        self._count += n
 
     def recorded(self, name: str) -> Any:
         """An attribute written by `record` (or `finish`), None if absent."""
@@ -185,7 +323,9 @@ class TileStoreWriter:
 
     def finish(self, **attrs: Any) -> None:
         """Mark the store complete; readers refuse incomplete stores."""
-        self.group.attrs.update({**attrs, "complete": True})
+        self.log.close()
+        self._truncate(self._count)  # rows reserved for parallel writes but never committed
+        self.group.attrs.update({**attrs, "count": self._count, "complete": True})
 
     def _truncate(self, count: int) -> None:
         arrays = [self.group["tiles"]]
@@ -205,23 +345,50 @@ def _first_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     return "unknown"
 
 
-class TileStore:
-    """Read side of a TileStore."""
+def is_url(path: Path | str) -> bool:
+    return isinstance(path, str) and path.startswith(URL_SCHEMES)
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        if not self.path.exists():
+
+def _check_range_requests(url: str, storage_options: dict[str, Any] | None) -> None:
+    """Reading inside a shard takes byte-range requests; a server that ignores them answers
+    with whole files, which zarr would decode as garbage (a checksum error at best)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    try:
+        answer = fs.cat_file(f"{root.rstrip('/')}/zarr.json", start=0, end=4)
+    except Exception:  # noqa: BLE001 - a server confused by ranges fails in its own ways
+        answer = b""
+    if len(answer) != 4:
+        raise DomainclustError(
+            f"the server of {url} ignores HTTP Range requests, which reading a sharded store "
+            "needs; serve it from an object store (s3://, gs://) or a server that supports "
+            "ranges (nginx, Apache), or ingest the store without --shard-chunks"
+        )
+
+
+class TileStore:
+    """Read side of a TileStore: a local folder, or an fsspec URL (read-only)."""
+
+    def __init__(self, path: Path | str, *, storage_options: dict[str, Any] | None = None) -> None:
+        self.remote = is_url(path)
+        self.path: Path | str = path if self.remote else Path(path)
+        if not self.remote and not Path(path).exists():
             raise DomainclustError(
                 f"store {self.path} does not exist; create one with `domainclust ingest`"
             )
         try:
-            self.group = zarr.open_group(str(self.path), mode="r")
+            self.group = zarr.open_group(
+                str(self.path), mode="r", storage_options=storage_options if self.remote else None
+            )
             self.tiles = self.group["tiles"]
-        except (zarr.errors.GroupNotFoundError, KeyError, ValueError):
+        except (zarr.errors.GroupNotFoundError, KeyError, ValueError, FileNotFoundError):
             raise DomainclustError(
                 f"{self.path} is not a domainclust TileStore (no zarr group with a 'tiles' array); "
                 "create one with `domainclust ingest`"
             ) from None
+        except (OSError, ImportError) as exc:  # unreachable server, missing fsspec backend
+            raise DomainclustError(f"cannot open store {self.path}: {exc}") from None
         attrs = dict(self.group.attrs)
         version = attrs.get("format_version")
         if version != FORMAT_VERSION:
@@ -238,7 +405,10 @@ class TileStore:
         self.channels: tuple[str, ...] = tuple(attrs["channels"])
         self.tile_size = int(attrs["tile_size"])
         self.modality: str = attrs["modality"]
+        # The unit of a read (an inner chunk when sharded: shards allow partial reads).
         self.chunk_len = int(self.tiles.chunks[0])
+        if self.remote and self.tiles.shards is not None:
+            _check_range_requests(str(self.path), storage_options)
         self._scale = np.asarray(attrs["scale"], dtype=np.float32)
         self._offset = np.asarray(attrs["offset"], dtype=np.float32)
 
@@ -257,9 +427,22 @@ class TileStore:
         return self.group["meta"][name][: self.n]
 
     def meta_names(self) -> list[str]:
+        """The store's meta arrays (listing: local stores)."""
         return sorted(name for name, _ in self.group["meta"].arrays())
 
-    def read(self, indices: np.ndarray, *, threads: int = 4) -> np.ndarray:
+    def has_meta(self, name: str) -> bool:
+        """Whether meta array `name` exists (no listing needed: works on remote stores)."""
+        try:
+            self.group["meta"][name]
+        except KeyError:
+            return False
+        return True
+
+    @property
+    def read_threads(self) -> int:
+        return REMOTE_READ_THREADS if self.remote else 4
+
+    def read(self, indices: np.ndarray, *, threads: int | None = None) -> np.ndarray:
         """Tiles at `indices` (in that order), reading each touched chunk once."""
         indices = np.asarray(indices, dtype=np.int64)
         out = np.empty((len(indices), *self.tiles.shape[1:]), dtype=self.tiles.dtype)
@@ -267,12 +450,14 @@ class TileStore:
         return out
 
     def read_into(
-        self, out: np.ndarray, indices: np.ndarray, *, threads: int = 4, progress: Any = None
+        self, out: np.ndarray, indices: np.ndarray, *, threads: int | None = None,
+        progress: Any = None,
     ) -> None:
-        """Fill `out` (RAM or memmap) with the tiles at `indices`, chunk by chunk."""
+        """Fill `out` (RAM or memmap) with the tiles at `indices`, reading each chunk once."""
         if len(indices) and (indices.min() < 0 or indices.max() >= self.n):
             raise DomainclustError(f"tile index out of range for {self.path} ({self.n} tiles)")
-        for start, block, where in self._chunk_reads(indices, threads=threads):
+        threads = threads or self.read_threads
+        for _, block, where in self._chunk_reads(indices, threads=threads):
             out[where] = block
             if progress is not None:
                 progress.update(len(where))

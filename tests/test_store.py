@@ -96,3 +96,69 @@ def test_a_batch_missing_a_meta_array_is_refused(tmp_path) -> None:
     w.append(tiles(0, 2), meta={"position": np.zeros((2, 2), np.int64)})
     with pytest.raises(DomainclustError, match="same meta arrays"):
         w.append(tiles(2, 2))
+
+
+def test_commits_append_to_the_log_and_leave_the_attributes_alone(tmp_path) -> None:
+    path = tmp_path / "s.zarr"
+    w = TileStoreWriter(path, spec(), chunk_tiles=16)
+    attrs_before = (path / "zarr.json").read_bytes()
+    for i in range(50):
+        w.append(tiles(i, 1), record={"key": f"f{i}", "n": 1})
+    assert (path / "zarr.json").read_bytes() == attrs_before  # no per-commit rewrite
+    lines = (path / "commits.jsonl").read_text().splitlines()
+    assert len(lines) == 50 and json.loads(lines[-1]) == {"count": 50,
+                                                         "record": {"key": "f49", "n": 1}}
+    w = TileStoreWriter(path, spec(), chunk_tiles=16)
+    assert w.count == 50 and [r["key"] for r in w.records] == [f"f{i}" for i in range(50)]
+
+
+def test_a_commit_line_torn_by_a_crash_is_not_a_commit(tmp_path) -> None:
+    path = tmp_path / "s.zarr"
+    w = TileStoreWriter(path, spec(), chunk_tiles=16)
+    w.append(tiles(0, 10), record={"key": "a"})
+    w.append(tiles(10, 5), record={"key": "b"})
+    # A crash while writing the third commit: its tiles are there, its line is half written.
+    zarr.open_group(str(path), mode="r+")["tiles"].append(tiles(15, 7), axis=0)
+    with open(path / "commits.jsonl", "ab") as f:
+        f.write(b'{"count":22,"rec')
+    w = TileStoreWriter(path, spec(), chunk_tiles=16)
+    assert w.count == 15 and [r["key"] for r in w.records] == ["a", "b"]
+    w.append(tiles(15, 3), record={"key": "c"})
+    w.finish()
+    s = TileStore(path)
+    assert len(s) == 18 and np.array_equal(s.read(np.arange(18))[:, 0, 0, 0], np.arange(18))
+    assert [json.loads(x)["count"] for x in (path / "commits.jsonl").read_text().splitlines()] \
+        == [10, 15, 18]
+
+
+def test_rows_reserved_for_parallel_writers_count_only_once_committed(tmp_path) -> None:
+    path = tmp_path / "s.zarr"
+    w = TileStoreWriter(path, spec(), chunk_tiles=16)
+    w.append(tiles(0, 4))
+    w.reserve(32)
+    zarr.open_array(str(path / "tiles"), mode="r+")[16:32] = tiles(16, 16)  # a whole chunk
+    zarr.open_array(str(path / "tiles"), mode="r+")[4:16] = tiles(4, 12)
+    with pytest.raises(DomainclustError, match="reserved"):
+        w.commit_written(40)
+    w.commit_written(20, record={"key": "x"})
+    assert TileStoreWriter(path, spec(), chunk_tiles=16).count == 24  # a crash here loses 8
+    w = TileStoreWriter(path, spec(), chunk_tiles=16)
+    w.finish()
+    s = TileStore(path)
+    assert len(s) == 24 and s.tiles.shape[0] == 24
+    assert np.array_equal(s.read(np.arange(24))[:, 0, 0, 0], np.arange(24))
+
+
+def test_a_sharded_store_is_few_files_and_reads_by_inner_chunk(tmp_path) -> None:
+    path = tmp_path / "s.zarr"
+    w = TileStoreWriter(path, spec(), chunk_tiles=8, shard_chunks=4)
+    assert w.write_unit == 32
+    for start in range(0, 100, 7):
+        w.append(tiles(start, min(7, 100 - start)))
+    w.finish()
+    s = TileStore(path)
+    assert s.chunk_len == 8 and s.tiles.shards[0] == 32
+    chunk_files = [p for p in (path / "tiles").rglob("*") if p.is_file() and p.name != "zarr.json"]
+    assert len(chunk_files) == 4  # 100 tiles: 13 chunks in 4 shards
+    idx = np.array([99, 0, 31, 32, 64, 65])
+    assert np.array_equal(s.read(idx)[:, 0, 0, 0], idx)

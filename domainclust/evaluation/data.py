@@ -150,9 +150,8 @@ def tile_groups(store: TileStore, *, mode: str = "auto") -> Groups | None:
         raise DomainclustError(f"unknown split mode '{mode}'; choose {', '.join(SPLIT_MODES)}")
     if mode == "random":
         return None
-    names = store.meta_names()
-    source = store.meta("source").astype(np.int64) if "source" in names else None
-    position = store.meta("position") if "position" in names else None
+    source = store.meta("source").astype(np.int64) if store.has_meta("source") else None
+    position = store.meta("position") if store.has_meta("position") else None
     is_scene = position is not None and position.ndim == 2 and position.shape[1] == 2
     if mode == "blocks" or (mode == "auto" and is_scene):
         if not is_scene:
