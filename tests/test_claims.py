@@ -24,9 +24,9 @@ from domainclust.replication.recipes import load_recipe
 def finetune(pretrained: dict[int, tuple[float, float, float]],
              verdict: dict[int, tuple[float, float, float]] | None = None) -> dict:
     """finetune.json values: pretrained (mean, ci_low, ci_high) per shots, and a verdict."""
-    rows = [{"method": "pretrained", "protocol": "all", "shots": s, "metric": "top1", "mean": m,
+    rows = [{"method": "pretrained", "protocol": "linear", "shots": s, "metric": "top1", "mean": m,
              "ci_low": lo, "ci_high": hi, "repeats": 5} for s, (m, lo, hi) in pretrained.items()]
-    rows += [{"method": "raw_pixels", "protocol": "all", "shots": s, "metric": "top1",
+    rows += [{"method": "raw_pixels", "protocol": "linear", "shots": s, "metric": "top1",
               "mean": 0.1, "ci_low": 0.05, "ci_high": 0.15, "repeats": 5} for s in pretrained]
     out = {"rows": rows, "split": "stratified, seed=0"}
     if verdict is not None:

@@ -17,7 +17,7 @@ TINY = ["--set", "epochs=1", "--set", "k=2", "--set", "batch_size=4", "--set", "
         "--set", "subset_size=8", "--set", "pca_dim=4", "--ingest-set", "tile_size=72",
         "--eval-set", "steps=2", "--eval-set", "batch_size=4", "--eval-set", "repeats=1",
         "--eval-set", "shots=[1]", "--eval-set", "weight_decays=[0.001]",
-        "--eval-set", "protocol=all", "--quiet"]
+        "--eval-set", "protocol=linear", "--quiet"]
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from domainclust.backbones import head_init_
 from domainclust.errors import DomainclustError
 from domainclust.evaluation.features import READ_BLOCK
-from domainclust.evaluation.finetune import augment, sgd
+from domainclust.evaluation.training import augment, sgd
 from domainclust.evaluation.heldout import open_heldout
 from domainclust.evaluation.models import as_classifier
 from domainclust.evaluation.voc_train import set_mode, trainable_parameters

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from domainclust.errors import DomainclustError
-from domainclust.evaluation.finetune import augment, sgd
+from domainclust.evaluation.training import augment, sgd
 from domainclust.evaluation.voc import mean_average_precision
 from domainclust.model import DeepClusterNet
 

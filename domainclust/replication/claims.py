@@ -63,7 +63,7 @@ class ReplicationRecipe:
 
     @property
     def protocol(self) -> str:
-        return str(self.low_shot.get("protocol", "all"))
+        return str(self.low_shot.get("protocol", "linear"))
 
     def config(self, variant: str, *, store: str) -> cfg.Config:
         from domainclust.modality import load_recipe
@@ -106,8 +106,8 @@ def parse_replication(values: dict[str, Any], *, source: str) -> ReplicationReci
         base=str(values.get("base")), modality=str(values.get("modality")),
         overrides=[str(o) for o in values.get("overrides") or []], variants=variants,
         low_shot=dict(values.get("low_shot") or {}), claims=claims, source=source)
-    if recipe.protocol not in ("all", "head"):
-        raise DomainclustError(f"recipe {source}: low_shot.protocol must be all or head (one "
+    if recipe.protocol not in ("linear", "finetune"):
+        raise DomainclustError(f"recipe {source}: low_shot.protocol must be linear or finetune (one "
                                f"protocol per table), got {recipe.protocol!r}")
     for name in variants:  # every variant must resolve to a valid config
         try:
@@ -144,7 +144,7 @@ def _pretrained(values: dict[str, Any], *, protocol: str) -> dict[int, dict[str,
 
 
 def claim_rows(claim: Claim, results: dict[str, dict[str, Any] | None], *,
-               protocol: str = "all") -> list[ClaimRow]:
+               protocol: str = "linear") -> list[ClaimRow]:
     """One row per shot count (percentage points), from the variants' finetune.json values."""
     base = {"claim": claim.name, "statement": claim.statement}
     if claim.kind == "unsupported":
@@ -274,6 +274,6 @@ def measure_low_shot(run_dir: Path, store: Path, *, settings: dict[str, Any],
 
     s = dict(settings)
     result = low_shot(run_dir, store, shots=list(s.pop("shots", [1, 5, 10])),
-                      repeats=int(s.pop("repeats", 10)), protocol=str(s.pop("protocol", "all")),
+                      repeats=int(s.pop("repeats", 10)), protocol=str(s.pop("protocol", "linear")),
                       settings=FinetuneSettings(**s), log=log)
     return write_finetune(result, run_dir / FINETUNE_FILE.parent)["json"]

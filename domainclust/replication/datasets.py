@@ -16,7 +16,7 @@ from typing import Any
 
 from domainclust.atomic import atomic_write_text
 from domainclust.errors import DomainclustError
-from domainclust.ingest import REPORT_NAME
+from domainclust.ingest import default_report_path
 from domainclust.modality import get_modality, ingest_options
 from domainclust.replication.layouts import read_split
 
@@ -42,8 +42,8 @@ def prepare_store(
     """The TileStore of `split` of the dataset at `root`, ingested into `data_dir` if needed."""
     name = store_name(dataset, split, options)
     store = data_dir / f"{name}.zarr"
-    if (store / REPORT_NAME).is_file():
-        return store
+    if default_report_path(store).is_file() and (store / "zarr.json").is_file():
+        return store  # a finished ingest writes its report last
     images = read_split(dataset, root, split)
     labelled = any(label >= 0 for label in images.labels)
     settings = dict(options)
@@ -62,5 +62,5 @@ def prepare_store(
     report = modality.ingest([images.root], store, options=resolved, workers=workers,
                              progress=progress)
     if report["skipped"]:
-        log(f"  {len(report['skipped'])} item(s) skipped, see {store / REPORT_NAME}")
+        log(f"  {len(report['skipped'])} item(s) skipped, see {default_report_path(store)}")
     return store

@@ -85,7 +85,7 @@ def low_shot_rows(ev: EvaluationRecipe, *, checkpoint: Path, model: str, store: 
     result = low_shot(checkpoint, store, shots=sorted(set(s.shots)), repeats=s.repeats,
                       protocol=s.protocol, test_fraction=s.test_fraction, max_test=s.max_test,
                       seed=seed, device=device, log=log,
-                      settings=FinetuneSettings(steps=s.steps, batch_size=s.batch_size, lr=s.lr))
+                      settings=FinetuneSettings(batch_size=s.batch_size))
     paths = write_finetune(result, out)
     values = _read_json(paths["json"])
     return finetune_rows(values, model=model), values

@@ -51,10 +51,8 @@ class LowShotSettings:
 
     shots: list[int] = field(default_factory=lambda: [1, 5, 10])
     repeats: int = 10
-    protocol: str = "both"  # all | head | both
-    steps: int = 20
+    protocol: str = "linear"  # linear | finetune | both
     batch_size: int = 32
-    lr: float = 0.005
     max_test: int | None = None
     test_fraction: float = 0.2
 
