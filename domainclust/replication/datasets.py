@@ -18,9 +18,18 @@ from domainclust.atomic import atomic_write_text
 from domainclust.errors import DomainclustError
 from domainclust.ingest import default_report_path
 from domainclust.modality import get_modality, ingest_options
+from domainclust.store import TileStore
 from domainclust.replication.layouts import read_split
 
 IMAGE_MODALITY = "rgb"
+
+
+def _complete(store: Path) -> bool:
+    try:
+        TileStore(store)  # refuses a missing or an interrupted store
+    except DomainclustError:
+        return False
+    return True
 
 
 def store_name(dataset: str, split: str, options: dict[str, Any]) -> str:
@@ -42,8 +51,8 @@ def prepare_store(
     """The TileStore of `split` of the dataset at `root`, ingested into `data_dir` if needed."""
     name = store_name(dataset, split, options)
     store = data_dir / f"{name}.zarr"
-    if default_report_path(store).is_file() and (store / "zarr.json").is_file():
-        return store  # a finished ingest writes its report last
+    if _complete(store):
+        return store
     images = read_split(dataset, root, split)
     labelled = any(label >= 0 for label in images.labels)
     settings = dict(options)
