@@ -21,9 +21,9 @@ from medical_data import CT5N, copy_files, pydicom_file
 from domainclust.errors import DomainclustError
 from domainclust.ingest import SourceItem, TileBatch, run_ingest
 from domainclust.store import TileStore
-from modalities.ct import MODALITY as CT
-from modalities.geotiff import MODALITY as GEOTIFF
-from modalities.geotiff import GeoTiffAdapter
+from modalities.medical.ct import MODALITY as CT
+from modalities.geo.geotiff import MODALITY as GEOTIFF
+from modalities.geo.geotiff import GeoTiffAdapter
 
 GEO = {**GEOTIFF.defaults, "tile_size": 32}
 CHUNK = 7  # tiles per chunk: items straddle chunk boundaries
