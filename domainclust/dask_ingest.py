@@ -40,7 +40,7 @@ def _summarize(result: TileBatch | Skipped, item: SourceItem) -> dict[str, Any]:
     """Everything the client needs of a read result except the tiles themselves."""
     record = item_record(item, result)
     if isinstance(result, Skipped):
-        return {"n": 0, "record": record, "labels": None, "meta": {}}
+        return {"n": 0, "record": record, "labels": None, "meta": {}, "reason": result.reason}
     return {"n": len(result.tiles), "record": record, "labels": result.labels,
             "meta": result.meta}
 
@@ -99,7 +99,7 @@ def ingest_on_dask(
     writer: TileStoreWriter,
     dask: Any,
     source_index: dict[str, int],
-    on_commit: Callable[[dict[str, Any]], None],
+    on_commit: Callable[[dict[str, Any], str | None], None],
 ) -> None:
     """Read `items` on the cluster and write their tiles after the writer's last commit."""
     client, close = connect(dask)
@@ -118,7 +118,7 @@ def _run(
     *,
     writer: TileStoreWriter,
     source_index: dict[str, int],
-    on_commit: Callable[[dict[str, Any]], None],
+    on_commit: Callable[[dict[str, Any], str | None], None],
 ) -> None:
     unit = writer.write_unit
     tiles_path = str(writer.path / "tiles")
@@ -179,7 +179,7 @@ def _run(
                 labels=s["labels"] if n else empty_labels,
                 meta=item_meta(s["meta"], n=n, source=source_index[p.key]) if n else None,
             )
-            on_commit(s["record"])
+            on_commit(s["record"], s.get("reason"))
 
     try:
         while nxt < len(items) or reads:

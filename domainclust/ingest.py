@@ -216,8 +216,10 @@ def run_ingest(
     with tqdm(total=len(items), initial=len(items) - len(todo), desc="ingest", unit="item",
               disable=not progress) as bar:
 
-        def committed(record: dict[str, Any]) -> None:
+        def committed(record: dict[str, Any], reason: str | None = None) -> None:
             book.apply(record)
+            if reason is not None:  # the report beside the store may name files: unscrubbed
+                book.skipped[record["key"]] = reason
             bar.update(1)
             bar.set_postfix(tiles=writer.count, skipped=len(book.skipped), refresh=False)
 
@@ -235,7 +237,7 @@ def run_ingest(
                                                  source=source_index[item.key]))
                 else:  # nothing usable in the item: commit only the bookkeeping
                     writer.append(empty, labels=empty_labels, record=record)
-                committed(record)
+                committed(record, result.reason if isinstance(result, Skipped) else None)
 
     entries = skip_entries(by_key, book.skipped, book.skipped_files)
     counts = {"items_found": len(items), "items_read": len(book.done),
