@@ -13,7 +13,7 @@ from domainclust.errors import DomainclustError
 from domainclust.evaluation.mlp import MlpSettings, evaluate_mlp, reset_mlp, tensor_draw, train_mlp
 from domainclust.model import DeepClusterNet, ModelSpec
 
-SPEC = ModelSpec(arch="alexnet", frontend="sobel", channels=("red", "green", "blue"),
+SPEC = ModelSpec(arch="alexnet", stem="stride1", frontend="sobel", channels=("red", "green", "blue"),
                  raw_channels=(), tile_size=32)
 
 
@@ -64,8 +64,8 @@ def test_reset_reinitialises_fc6_fc7_and_the_head() -> None:
 
 
 def test_networks_without_fc_layers_are_refused() -> None:
-    spec = ModelSpec(arch="resnet18", frontend="sobel", channels=("gray",), raw_channels=(),
-                     tile_size=32)
+    spec = ModelSpec(arch="resnet18", stem="stride1", frontend="sobel", channels=("gray",),
+                     raw_channels=(), tile_size=32)
     with pytest.raises(DomainclustError, match="resnet18 does not have"):
         reset_mlp(DeepClusterNet(spec, n_clusters=2), n_classes=2, seed=0)
 

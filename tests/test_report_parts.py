@@ -89,7 +89,7 @@ def test_depth_gets_a_colour_map_and_invalid_pixels_black():
 ])
 def test_effective_filter_equals_conv1_after_the_front_end(frontend, channels, raw):
     torch.manual_seed(0)
-    trunk = Trunk(ModelSpec(arch="alexnet", frontend=frontend, channels=channels,
+    trunk = Trunk(ModelSpec(arch="alexnet", stem="stride1", frontend=frontend, channels=channels,
                             raw_channels=raw, tile_size=32))
     eff = torch.from_numpy(effective_filters(trunk)).float()
     weight = first_conv(trunk).weight

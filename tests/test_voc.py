@@ -161,7 +161,7 @@ def test_difficult_targets_do_not_contribute_to_the_loss() -> None:
 def synthetic_checkpoint(run: Path, *, channels: tuple[str, ...] = ("red", "green", "blue")
                          ) -> Path:
     """A checkpoint in the format `pretrain` writes (random weights), 32 px."""
-    spec = ModelSpec(arch="alexnet", frontend="none", channels=channels, raw_channels=(),
+    spec = ModelSpec(arch="alexnet", stem="stride1", frontend="none", channels=channels, raw_channels=(),
                      tile_size=32)
     torch.manual_seed(0)
     net = DeepClusterNet(spec, n_clusters=5)
@@ -172,7 +172,7 @@ def synthetic_checkpoint(run: Path, *, channels: tuple[str, ...] = ("red", "gree
 
 
 def test_protocols_train_the_layers_they_name(tmp_path: Path) -> None:
-    spec = ModelSpec(arch="alexnet", frontend="none", channels=("r", "g", "b"), raw_channels=(),
+    spec = ModelSpec(arch="alexnet", stem="stride1", frontend="none", channels=("r", "g", "b"), raw_channels=(),
                      tile_size=32)
     x = torch.randn(8, 3, 32, 32)
     targets = torch.tensor(np.random.default_rng(0).choice([-1, 0, 1], size=(8, 20)),
