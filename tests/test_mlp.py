@@ -36,7 +36,7 @@ def test_convs_and_batchnorm_stay_frozen_while_the_mlp_learns() -> None:
     convs = {k: v.clone() for k, v in net.backbone.convs.state_dict().items()}
     fc6 = net.backbone.classifier[1].weight.clone()
     x, y = two_classes(32, seed=0)
-    settings = MlpSettings(steps=40, batch_size=16, lr=0.1, shift=0.0, flip=False)
+    settings = MlpSettings(steps=40, batch_size=16, lr=0.01, shift=0.0, flip=False)
     train_mlp(net, draw=tensor_draw(x, y, batch_size=16), settings=settings, seed=0)
     after = net.backbone.convs.state_dict()
     # Weights and BatchNorm running statistics of every conv layer are untouched.
