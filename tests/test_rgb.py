@@ -266,7 +266,7 @@ def test_cli_ingest_with_workers_then_pretrain(photos, tmp_path) -> None:
         "--set", "group_size=8", "--workers", "2", "--quiet",
     ])
     assert result.exit_code == 0, result.output
-    assert "40 tiles written, 0 item(s) skipped" in result.output
+    assert "40 tiles written, 0 file(s) skipped" in result.output
     result = runner.invoke(cli.app, [
         "pretrain", "--modality", "rgb", "--store", str(store), "--run-dir", str(tmp_path / "run"),
         "--set", "epochs=1", "--set", "k=4", "--set", "batch_size=10", "--set", "pca_dim=16",

@@ -247,7 +247,7 @@ def test_cli_ingest_then_pretrain(scene, tmp_path) -> None:
     result = runner.invoke(cli.app, ["ingest", "--modality", "rgbd", str(root), "--out", str(store),
                                      *[a for s in sets for a in ("--set", s)], "--quiet"])
     assert result.exit_code == 0, result.output
-    assert "16 tiles written, 0 item(s) skipped" in result.output
+    assert "16 tiles written, 0 file(s) skipped" in result.output
     result = runner.invoke(cli.app, [
         "pretrain", "--modality", "rgbd", "--store", str(store), "--run-dir", str(tmp_path / "run"),
         "--set", "epochs=1", "--set", "k=3", "--set", "batch_size=8", "--set", "pca_dim=8",

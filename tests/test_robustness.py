@@ -66,10 +66,17 @@ def ingest_command(source: Path, out: Path) -> list[str]:
 
 
 def committed(out: Path) -> int:
+    """Tiles committed so far: the count of the last whole line of the store's commit log."""
     try:
-        return int(json.loads((out / "zarr.json").read_text())["attributes"]["count"])
-    except (OSError, ValueError, KeyError):
+        lines = (out / "commits.jsonl").read_text().splitlines()
+    except OSError:
         return 0
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["count"])
+        except (ValueError, KeyError):
+            continue  # a line half-written when the process was killed
+    return 0
 
 
 def kill_when(command: list[str], *, out: Path, tiles: int, extra_s: float) -> bool:
