@@ -56,6 +56,8 @@ def commit_log(path: Path, *, n: int, commits: int) -> tuple[float, float]:
         for i in range(n):
             f.write(json.dumps({"count": 0, "record": {"key": key(i), "n": 0}},
                                separators=(",", ":")).encode() + b"\n")
+        f.flush()
+        os.fsync(f.fileno())  # else the first timed commit's fsync writes out the whole log
     start = time.perf_counter()
     writer = TileStoreWriter(path, SPEC)
     replay = time.perf_counter() - start

@@ -117,7 +117,7 @@ def main() -> None:
                                 offset=store.attrs["offset"],
                                 transform=build_augmentation(_default_augment(), tile_size=SIZE,
                                                              seed=0))
-            s, n = drain(torch.utils.data.DataLoader(ds, sampler=order, **kw))
+            s, n = drain(torch.utils.data.DataLoader(ds, sampler=order, collate_fn=ds.collate, **kw))
             return stage_s + s, n, tiles, stage_s
 
         def ours_batched(tiles: np.ndarray, stage_s: float) -> tuple[float, int]:

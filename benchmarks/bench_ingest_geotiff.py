@@ -1,8 +1,9 @@
-"""GeoTIFF ingest throughput: tiles/s with 1 reader process, and the speed-up with --workers 2.
+"""GeoTIFF ingest throughput: tiles/s with 1 reader process, --workers 2 and --dask local:2.
 
 Writes synthetic Sentinel-2-like scenes (13 uint16 bands, tiled deflate GeoTIFF, a nodata
-edge) block by block, then ingests them twice through `domainclust ingest --modality geotiff`'s
-Python API in one run: workers=1 and workers=2. It reports the statistics pass (serial, part
+edge) block by block, then ingests them three times through `domainclust ingest --modality
+geotiff`'s Python API in one run: workers=1, workers=2, and a Dask LocalCluster of 2 workers
+(its start-up included). It reports the statistics pass (serial, part
 of both) and the spawn start-up of a worker pool (torch is imported in every worker). Then it
 times the parallel part alone: `read` of every item in this process versus in a warm pool of
 2 spawned workers (no store writes), which is the steady-state speed-up on large inputs.
@@ -127,24 +128,27 @@ def main() -> None:
     warm = {w: warm_reads(items, options, workers=w) for w in (1, 2)}
 
     results = {}
-    for workers in (1, 2):
-        out = work / f"store_w{workers}.zarr"
+    for name, engine in (("1", {"workers": 1}), ("2", {"workers": 2}),
+                         ("dask", {"workers": 1, "dask": "local:2"})):
+        out = work / f"store_{name}.zarr"
         shutil.rmtree(out, ignore_errors=True)
         start = time.perf_counter()
-        report = modality.ingest([scenes], out, options=options, workers=workers, progress=False)
+        report = modality.ingest([scenes], out, options=options, progress=False, **engine)
         seconds = time.perf_counter() - start
-        results[workers] = {"seconds": round(seconds, 2), "tiles": report["tiles_written"],
-                            "tiles_dropped": report["tiles_dropped"]}
-    t1, t2 = results[1]["seconds"], results[2]["seconds"]
-    tiles = results[1]["tiles"]
+        results[name] = {"seconds": round(seconds, 2), "tiles": report["tiles_written"],
+                         "tiles_dropped": report["tiles_dropped"]}
+    t1, t2, td = (results[k]["seconds"] for k in ("1", "2", "dask"))
+    tiles = results["1"]["tiles"]
     summary = {
         "scenes": args.scenes, "scene_px": args.size, "tile_px": args.tile, "bands": len(BANDS),
         "cpu_count": os.cpu_count(), "scene_write_s": round(written, 1),
         "discover_and_statistics_s": round(discover_s, 2),
-        "ingest_workers_1": {**results[1], "tiles_per_s": round(tiles / t1, 1)},
-        "ingest_workers_2": {**results[2], "tiles_per_s": round(tiles / t2, 1)},
+        "ingest_workers_1": {**results["1"], "tiles_per_s": round(tiles / t1, 1)},
+        "ingest_workers_2": {**results["2"], "tiles_per_s": round(tiles / t2, 1)},
+        "ingest_dask_local_2": {**results["dask"], "tiles_per_s": round(tiles / td, 1)},
         "ingest_tiles_per_s_per_core": round(tiles / t1, 1),
         "ingest_speedup_2_workers": round(t1 / t2, 2),
+        "ingest_speedup_dask_local_2": round(t1 / td, 2),
         "pool_startup_s_2_workers": round(warm[2]["startup_s"], 2),
         "read_only_tiles_per_s_1_worker": round(warm[1]["tiles"] / warm[1]["read_s"], 1),
         "read_only_tiles_per_s_2_workers_warm": round(warm[2]["tiles"] / warm[2]["read_s"], 1),

@@ -17,8 +17,10 @@ import numpy as np
 import torch
 
 from domainclust.errors import DomainclustError
+from domainclust.normalise import to_input
 
-_SIZED = {"RandomResizedCrop", "CenterCrop", "RandomCrop", "Resize", "RandomSizedCrop"}
+_SIZED = {"RandomResizedCrop", "RandomSizedCrop"}  # take size=(h, w)
+_HEIGHT_WIDTH = {"CenterCrop", "RandomCrop", "Resize"}  # take height=, width=
 
 
 def build_augmentation(spec: list[dict[str, Any]], *, tile_size: int, seed: int) -> A.Compose:
@@ -31,8 +33,10 @@ def build_augmentation(spec: list[dict[str, Any]], *, tile_size: int, seed: int)
         if cls is None:
             raise DomainclustError(f"augment: albumentations has no transform '{name}'")
         kwargs = dict(kwargs or {})
-        if name in _SIZED and "size" not in kwargs and "height" not in kwargs:
+        if name in _SIZED and "size" not in kwargs:
             kwargs["size"] = (tile_size, tile_size)
+        if name in _HEIGHT_WIDTH and "height" not in kwargs and "width" not in kwargs:
+            kwargs.update(height=tile_size, width=tile_size)
         for key in ("scale", "ratio"):
             if isinstance(kwargs.get(key), list):
                 kwargs[key] = tuple(kwargs[key])
@@ -44,7 +48,12 @@ def build_augmentation(spec: list[dict[str, Any]], *, tile_size: int, seed: int)
 
 
 class AugmentedTiles(torch.utils.data.Dataset):
-    """Staged tiles (N, C, H, W, storage dtype) → augmented float tensors with their targets."""
+    """Staged tiles (N, C, H, W, storage dtype) → augmented float tensors with their targets.
+
+    uint8 tiles (albumentations' native type) are augmented as they are and turned into float
+    per batch by `collate`, which is several times cheaper than a float copy of every tile;
+    other dtypes are made float first. Crops, flips and turns give the same tiles either way.
+    """
 
     def __init__(
         self,
@@ -56,16 +65,25 @@ class AugmentedTiles(torch.utils.data.Dataset):
         transform: A.Compose,
     ) -> None:
         self.tiles, self.targets, self.transform = tiles, targets, transform
-        self.scale = np.asarray(scale, dtype=np.float32)
-        self.offset = np.asarray(offset, dtype=np.float32)
+        self.scale, self.offset = scale, offset
+        self.native = tiles.dtype == np.uint8
 
     def __len__(self) -> int:
         return len(self.tiles)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        hwc = np.moveaxis(self.tiles[i], 0, -1).astype(np.float32) * self.scale + self.offset
-        out = self.transform(image=hwc)["image"]
+        tile = self.tiles[i]
+        if not self.native:
+            tile = to_input(torch.from_numpy(np.ascontiguousarray(tile))[None], scale=self.scale,
+                            offset=self.offset)[0].numpy()
+        out = self.transform(image=np.ascontiguousarray(np.moveaxis(tile, 0, -1)))["image"]
         return torch.from_numpy(np.ascontiguousarray(np.moveaxis(out, -1, 0))), int(self.targets[i])
+
+    def collate(self, batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A DataLoader's `collate_fn`: the batch stacked, as float input."""
+        x = torch.stack([b[0] for b in batch])
+        y = torch.tensor([b[1] for b in batch], dtype=torch.int64)
+        return (to_input(x, scale=self.scale, offset=self.offset) if self.native else x), y
 
 
 def seed_worker(worker_id: int) -> None:

@@ -45,7 +45,7 @@ class ModelConfig:
     arch: str = "alexnet"  # alexnet | vgg16 | resnet18 | resnet50
     stem: str = "auto"  # auto (from the tile size) | imagenet (the paper's) | stride2 | stride1
     width: float = 1.0  # conv width multiplier; 1 is the paper's network
-    frontend: str = "sobel"  # none | sobel | sobel-per-channel
+    frontend: str = "sobel"  # none | sobel | sobel-per-channel | sobel-level
     raw_channels: list[str] = field(default_factory=list)  # channels that bypass the front-end
     dropout: float = 0.5
 
@@ -58,6 +58,8 @@ class ClusterConfig:
     iterations: int = 20
     backend: str = "auto"  # auto | faiss | torch
     pic_neighbors: int = 5
+    features: str = "pre-relu"  # pre-relu (the paper's) | post-relu: what is clustered
+    reassign_every: int = 1  # epochs between re-clusterings; in between, labels and head stay
 
 
 @dataclass
@@ -68,6 +70,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-5
     updates_factor: float = 1.0  # updates per epoch = factor * |subset| / batch_size
+    sampler: str = "uniform"  # uniform over clusters (the paper's) | plain (uniform over tiles)
 
 
 @dataclass
@@ -91,6 +94,8 @@ SHORT_KEYS: dict[str, str] = {
     "stem": "model.stem",
     "frontend": "model.frontend",
     "clustering": "cluster.method",
+    "reassign_every": "cluster.reassign_every",
+    "sampler": "train.sampler",
     "pca_dim": "cluster.pca_dim",
     "subset_size": "data.subset_size",
     "tile_size": "data.tile_size",

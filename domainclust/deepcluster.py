@@ -2,9 +2,11 @@
 
 Each epoch: sample the subset → stage it → extract features → PCA-whiten + L2 → cluster
 (no empty clusters) → re-initialise the top layer → train on the cluster ids with a
-cluster-uniform sampler → checkpoint and metrics. Every random choice of epoch e is drawn from
-generators seeded by (seed, e), so a resumed run repeats exactly what the interrupted one would
-have done.
+cluster-uniform sampler → checkpoint and metrics. The paper's ablations are settings:
+`cluster.reassign_every` (epochs between re-clusterings; in between, the subset, the ids and
+the head stay), `cluster.features` (post-ReLU) and `train.sampler` (plain). Every random
+choice of epoch e is drawn from generators seeded by (seed, e), so a resumed run repeats
+exactly what the interrupted one would have done.
 
 Under torchrun every rank stages the subset, extracts its shard, and the whitening statistics
 are reduced across ranks; rank 0 clusters and broadcasts the ids; each rank trains on its part
@@ -44,9 +46,7 @@ from domainclust.model import DeepClusterNet, ModelSpec
 from domainclust.pic import pic
 from domainclust.report import report_after_pretrain
 from domainclust.rundir import RunDir
-from domainclust.sampling import (
-    ClusterUniformSampler, cluster_uniform_indices, rank_share, sample_subset,
-)
+from domainclust.sampling import SAMPLERS, EpochSampler, rank_share, sample_subset, training_draw
 from domainclust.seeds import derive_seed
 from domainclust.staging import stage_tiles
 from domainclust.store import TileStore
@@ -87,6 +87,21 @@ def cluster_descriptors(
         return {"labels": r.labels, "n_clusters": r.n_clusters, "n_singletons": r.n_singletons,
                 "pic_sigma": r.sigma}
     raise DomainclustError(f"unknown clustering '{c.method}'; choose kmeans or pic")
+
+
+FEATURES = ("pre-relu", "post-relu")
+
+
+def check_choices(config: Config) -> None:
+    """Refuse, before any work, settings the loop does not know."""
+    c = config.cluster
+    if c.features not in FEATURES:
+        raise DomainclustError(f"cluster.features must be {' or '.join(FEATURES)}, got {c.features!r}")
+    if c.reassign_every < 1:
+        raise DomainclustError(f"cluster.reassign_every must be at least 1, got {c.reassign_every}")
+    if config.train.sampler not in SAMPLERS:
+        raise DomainclustError(f"train.sampler must be {' or '.join(SAMPLERS)}, got "
+                               f"{config.train.sampler!r}")
 
 
 def build_optimizer(params: Any, *, config: Config) -> torch.optim.SGD:
@@ -217,6 +232,7 @@ def _pretrain(
     progress: bool,
     log: Callable[[str], None],
 ) -> list[dict[str, Any]]:
+    check_choices(config)
     store = TileStore(config.data.store)
     distributed.run_on_main(lambda: run.prepare(config), dist, device=device)
     spec = model_spec(config, store)
@@ -304,10 +320,11 @@ def stage_epoch(
     dist: Dist, progress: bool,
 ) -> tuple[np.ndarray, np.ndarray, StagedTiles | None]:
     """This epoch's subset indices, its tiles staged locally, and (fast path) on the device."""
+    assigned = epoch - epoch % config.cluster.reassign_every  # the subset of the last clustering
     subset = sample_subset(
         n_total=store.n, subset_size=config.data.subset_size, chunk_len=store.chunk_len,
         tiles_per_chunk=config.data.tiles_per_chunk,
-        rng=np.random.default_rng(epoch_seed(config.seed, epoch, 0)),
+        rng=np.random.default_rng(epoch_seed(config.seed, assigned, 0)),
     )
     cache_dir = run.cache_dir / f"rank{dist.rank}" if dist.enabled else run.cache_dir
     tiles = stage_tiles(store, subset, cache=config.data.cache, cache_dir=cache_dir,
@@ -328,7 +345,8 @@ def describe_epoch(
     part = distributed.shard(len(tiles), dist)
     source = staged.shard(part) if staged is not None else tiles[part]
     features = extract_features(model, source, store=store, batch_size=config.train.batch_size,
-                                device=device, progress=progress)
+                                device=device, progress=progress,
+                                relu=config.cluster.features == "post-relu")
     cuda = device.type == "cuda"
     descriptors, _ = compute_descriptors(
         features, pca_dim=config.cluster.pca_dim, spill_dir=run.cache_dir,
@@ -369,22 +387,44 @@ def cluster_epoch(
     return distributed.run_on_main(on_main, dist, device=device)
 
 
+def keep_assignments(
+    subset: np.ndarray, *, run: RunDir, epoch: int, n_clusters: int, device: torch.device,
+    dist: Dist,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """An epoch between re-clusterings: the previous epoch's ids, carried forward on disk so a
+    resumed run finds them."""
+
+    def on_main() -> tuple[np.ndarray, dict[str, Any]]:
+        kept = run.load_assignments(epoch - 1)
+        if kept is None or not np.array_equal(kept[0], subset):
+            raise DomainclustError(f"{run.path} lacks the cluster ids of epoch {epoch - 1} for "
+                                   "this subset; it cannot skip re-clustering at this epoch")
+        labels = kept[1]
+        run.save_assignments(epoch, indices=subset, labels=labels)
+        return labels, {"epoch": epoch, "n_tiles": len(subset), "n_clusters": n_clusters,
+                        "reassigned": False, **cluster_size_stats(labels, k=n_clusters)}
+
+    return distributed.run_on_main(on_main, dist, device=device)
+
+
 def training_batches(
     tiles: np.ndarray, staged: StagedTiles | None, labels: np.ndarray, *, store: TileStore,
     config: Config, tile_size: int, seed: int, device: torch.device, dist: Dist,
 ) -> Any:
-    """This rank's batches: its share of one global cluster-uniform draw, augmented on the
-    device (fast path) or by albumentations in a DataLoader."""
+    """This rank's batches: its share of one global draw (uniform over clusters unless
+    `train.sampler` says plain), augmented on the device (fast path) or by albumentations in a
+    DataLoader."""
     t = config.train
     n_draws = int(t.updates_factor * len(labels)) // t.batch_size * t.batch_size or len(labels)
     batch = t.batch_size // dist.world
     # Each rank's own augmentation stream; rank 0 keeps the single-process one.
     aug_seed = seed if dist.is_main else seed * 1000 + dist.rank
+    draw = training_draw(labels, n_draws=n_draws, rng=np.random.default_rng(seed),
+                         sampler=t.sampler)
+    positions = rank_share(draw, rank=dist.rank, world=dist.world)
     if staged is not None:
-        draw = cluster_uniform_indices(labels, n_draws=n_draws, rng=np.random.default_rng(seed))
         return AugmentedBatches(
-            staged, labels, positions=rank_share(draw, rank=dist.rank, world=dist.world),
-            batch_size=batch,
+            staged, labels, positions=positions, batch_size=batch,
             augment=build_batch_augmentation(config.data.augment, tile_size=tile_size,
                                              seed=aug_seed),
         )
@@ -393,9 +433,7 @@ def training_batches(
         transform=build_augmentation(config.data.augment, tile_size=tile_size, seed=aug_seed),
     )
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch,
-        sampler=ClusterUniformSampler(labels, n_draws=n_draws, seed=seed, rank=dist.rank,
-                                      world=dist.world),
+        dataset, batch_size=batch, sampler=EpochSampler(positions), collate_fn=dataset.collate,
         num_workers=loader_workers(config, device), worker_init_fn=seed_worker,
         pin_memory=device.type == "cuda", persistent_workers=False,
     )
@@ -417,17 +455,24 @@ def run_epoch(
     subset, tiles, staged = stage_epoch(store, run=run, config=config, epoch=epoch,
                                         device=device, dist=dist, progress=progress)
     lap("stage")
-    descriptors = describe_epoch(model, tiles, staged, store=store, run=run, config=config,
-                                 device=device, dist=dist, progress=progress)
-    lap("extract")
-    labels, record = cluster_epoch(descriptors, subset, store=store, run=run, config=config,
-                                   epoch=epoch, device=device, dist=dist)
-    del descriptors
-    lap("cluster")
+    reassign = epoch % config.cluster.reassign_every == 0
+    if reassign:
+        descriptors = describe_epoch(model, tiles, staged, store=store, run=run, config=config,
+                                     device=device, dist=dist, progress=progress)
+        lap("extract")
+        labels, record = cluster_epoch(descriptors, subset, store=store, run=run, config=config,
+                                       epoch=epoch, device=device, dist=dist)
+        del descriptors
+        lap("cluster")
+    else:
+        labels, record = keep_assignments(subset, run=run, epoch=epoch,
+                                          n_clusters=model.top.out_features, device=device,
+                                          dist=dist)
 
     seed = epoch_seed(config.seed, epoch, 2)
     torch.manual_seed(seed)  # the new top layer's init and dropout
-    model.reset_head(record["n_clusters"])
+    if reassign:
+        model.reset_head(record["n_clusters"])
     if dist.rank:
         torch.manual_seed(seed * 1000 + dist.rank)  # own dropout masks; the head is rank 0's
     head_optimizer = build_optimizer(model.top.parameters(), config=config)

@@ -30,24 +30,10 @@ from domainclust.evaluation.knn import knn_accuracy
 from domainclust.modality import get_modality
 from domainclust.model import DeepClusterNet
 from domainclust.rundir import RunDir, atomic_write_text
-from domainclust.store import StoreSpec, TileStore, TileStoreWriter
+from domainclust.store import TileStore, write_subset
 
 DEMO_MODALITY = "mnist"
 TEST_FRACTION = 0.2
-
-
-def write_pool(store: TileStore, indices: np.ndarray, path: Path) -> TileStore:
-    """A store holding only `indices` of `store` (the tiles pretraining may see)."""
-    if not (path / "zarr.json").exists():
-        a = store.attrs
-        spec = StoreSpec(modality=a["modality"], channels=tuple(a["channels"]),
-                         tile_size=a["tile_size"], dtype=a["dtype"], scale=tuple(a["scale"]),
-                         offset=tuple(a["offset"]), provenance=a.get("provenance", {}))
-        writer = TileStoreWriter(path, spec, with_labels=True, overwrite=True)
-        writer.append(store.read(indices), labels=store.labels[indices],
-                      meta={name: store.meta(name)[indices] for name in store.meta_names()})
-        writer.finish()
-    return TileStore(path)
 
 
 def knn_row(features: dict[str, np.ndarray], labels: np.ndarray, *, split: Split,
@@ -110,7 +96,7 @@ def run_demo(
     config: Config = resolve(recipe=modality.load_recipe(), overrides=[*(overrides or [])])
     split = store_split(store, store.labels, split_path=None, test_fraction=TEST_FRACTION,
                         seed=config.seed)
-    pool = write_pool(store, split.train, run_dir / "pretrain.zarr")
+    pool = write_subset(store, split.train, run_dir / "pretrain.zarr")
     log(f"pretraining on the {pool.n} training digits; {len(split.test)} held out")
     config = resolve(recipe=modality.load_recipe(),
                      overrides=[f"store={pool.path}", *(overrides or [])])

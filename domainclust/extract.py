@@ -43,8 +43,10 @@ def extract_features(
     batch_size: int,
     device: torch.device,
     progress: bool = True,
+    relu: bool = False,
 ) -> Iterator[torch.Tensor]:
-    """Pre-ReLU features (float32, on the device) of every tile, batch by batch.
+    """Pre-ReLU features (float32, on the device) of every tile, batch by batch; post-ReLU
+    with `relu` (the ablation of the paper's choice).
 
     `tiles` is a host array, or tiles already staged on the device (`float_batches`).
     """
@@ -64,4 +66,4 @@ def extract_features(
             with autocast:
                 f = model.features(x)
             bar.update(len(x))
-            yield f.float()
+            yield torch.relu(f.float()) if relu else f.float()

@@ -1,4 +1,4 @@
-"""Which tiles an epoch sees: the epoch subset (thesis Algorithm 2) and the cluster-uniform sampler."""
+"""Which tiles an epoch sees: the epoch subset (thesis Algorithm 2) and the training draw."""
 
 from __future__ import annotations
 
@@ -93,18 +93,30 @@ def rank_share(positions: np.ndarray, *, rank: int, world: int) -> np.ndarray:
     return positions[rank::world]
 
 
-class ClusterUniformSampler(torch.utils.data.Sampler[int]):
-    """A torch Sampler over `cluster_uniform_indices`; one pass = one epoch's updates.
+SAMPLERS = ("uniform", "plain")
 
-    Under torch.distributed every rank makes the same global draw (same seed) and keeps its
-    `rank_share`.
-    """
 
-    def __init__(
-        self, labels: np.ndarray, *, n_draws: int, seed: int, rank: int = 0, world: int = 1
-    ) -> None:
-        draw = cluster_uniform_indices(labels, n_draws=n_draws, rng=np.random.default_rng(seed))
-        self.indices = rank_share(draw, rank=rank, world=world)
+def training_draw(
+    labels: np.ndarray, *, n_draws: int, rng: np.random.Generator, sampler: str = "uniform"
+) -> np.ndarray:
+    """An epoch's training positions into `labels`: `uniform` over clusters (the paper's, so
+    no large cluster dominates the updates) or `plain`, uniform over tiles (its ablation)."""
+    if sampler == "uniform":
+        return cluster_uniform_indices(labels, n_draws=n_draws, rng=rng)
+    if sampler == "plain":
+        n = len(labels)
+        if n == 0 or n_draws <= 0:
+            return np.zeros(0, dtype=np.int64)
+        passes = [rng.permutation(n) for _ in range(-(-n_draws // n))]
+        return np.concatenate(passes)[:n_draws].astype(np.int64)
+    raise DomainclustError(f"unknown sampler '{sampler}'; choose {' or '.join(SAMPLERS)}")
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """A torch Sampler over fixed positions (this rank's share of one epoch's draw)."""
+
+    def __init__(self, positions: np.ndarray) -> None:
+        self.indices = np.asarray(positions, dtype=np.int64)
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices.tolist())

@@ -490,3 +490,20 @@ class TileStore:
         from domainclust.normalise import to_input
 
         return to_input(tiles, scale=self._scale, offset=self._offset)
+
+
+def write_subset(store: TileStore, indices: np.ndarray, path: Path) -> TileStore:
+    """A local store holding only `indices` of `store`, with their labels and records (e.g.
+    the tiles pretraining may see); a finished one at `path` is reused."""
+    done = path / "zarr.json"
+    if not (done.exists() and json.loads(done.read_text()).get("attributes", {}).get("complete")):
+        a = store.attrs
+        spec = StoreSpec(modality=a["modality"], channels=tuple(a["channels"]),
+                         tile_size=a["tile_size"], dtype=a["dtype"], scale=tuple(a["scale"]),
+                         offset=tuple(a["offset"]), provenance=a.get("provenance", {}))
+        writer = TileStoreWriter(path, spec, with_labels=store.has_labels, overwrite=True)
+        writer.append(store.read(indices),
+                      labels=store.labels[indices] if store.has_labels else None,
+                      meta={name: store.meta(name)[indices] for name in store.meta_names()})
+        writer.finish()
+    return TileStore(path)

@@ -106,6 +106,59 @@ def test_pic_clustering_trains_with_loader_workers(mnist_store, tmp_path) -> Non
     assert history[0]["n_clusters"] > 1 and history[0]["cluster_size_min"] >= 2
 
 
+def test_reassigning_every_second_epoch_keeps_subset_ids_and_head(
+    mnist_store, tmp_path, monkeypatch
+) -> None:
+    resets = []
+    real_reset = deepcluster.DeepClusterNet.reset_head
+    monkeypatch.setattr(deepcluster.DeepClusterNet, "reset_head",
+                        lambda self, k: (resets.append(k), real_reset(self, k))[1])
+    run = tmp_path / "every2"
+    history = deepcluster.pretrain(config(mnist_store, "reassign_every=2"), run, progress=False,
+                                   log=lambda _: None)
+    assert [r.get("reassigned", True) for r in history] == [True, False, True]
+    assert set(history[1]["seconds"]) == {"stage", "train"}
+    assert len(resets) == 2  # epochs 0 and 2; epoch 1 trains the same head on
+    ids = [np.load(run / "assignments" / f"epoch_{e:04d}.npz") for e in range(3)]
+    assert np.array_equal(ids[0]["indices"], ids[1]["indices"])
+    assert np.array_equal(ids[0]["labels"], ids[1]["labels"])
+    assert not np.array_equal(ids[1]["indices"], ids[2]["indices"])
+    # Resuming at a kept epoch carries the same ids and head forward.
+    monkeypatch.setattr(deepcluster.DeepClusterNet, "reset_head", real_reset)
+    resumed = tmp_path / "resumed"
+    deepcluster.pretrain(config(mnist_store, "reassign_every=2", "epochs=1"), resumed,
+                         progress=False, log=lambda _: None)
+    again = deepcluster.pretrain(config(mnist_store, "reassign_every=2"), resumed,
+                                 progress=False, log=lambda _: None)
+    for got, want in zip(strip_seconds(again), strip_seconds(history)):
+        assert got.keys() == want.keys()
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-4)
+
+
+def test_post_relu_features_and_plain_sampling_change_the_run(uninterrupted, mnist_store,
+                                                              tmp_path) -> None:
+    run, _ = uninterrupted
+    history = deepcluster.pretrain(
+        config(mnist_store, "cluster.features=post-relu", "sampler=plain", "epochs=1"),
+        tmp_path / "ablation", progress=False, log=lambda _: None)
+    with np.load(run / "assignments" / "epoch_0000.npz") as pre, \
+         np.load(tmp_path / "ablation" / "assignments" / "epoch_0000.npz") as post:
+        assert np.array_equal(pre["indices"], post["indices"])  # same subset, same network
+        assert not np.array_equal(pre["labels"], post["labels"])
+    assert np.isfinite(history[0]["loss"])
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("cluster.features=relu", "cluster.features must be pre-relu or post-relu"),
+    ("reassign_every=0", "reassign_every must be at least 1"),
+    ("sampler=balanced", "train.sampler must be uniform or plain"),
+])
+def test_unknown_ablation_settings_are_refused(mnist_store, tmp_path, setting, message) -> None:
+    with pytest.raises(DomainclustError, match=message):
+        deepcluster.pretrain(config(mnist_store, setting), tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()  # refused before anything is written
+
+
 def test_a_run_dir_with_another_config_is_refused(uninterrupted, mnist_store) -> None:
     run, _ = uninterrupted
     with pytest.raises(DomainclustError, match=r"different config \(differs in: cluster.k\)"):

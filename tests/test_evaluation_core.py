@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from domainclust.errors import DomainclustError
 from domainclust.evaluation.clusters import intra_class_edge_ratio
@@ -117,6 +118,25 @@ def test_labels_file_must_match_the_tiles(tmp_path: Path) -> None:
     np.save(tmp_path / "f.npy", np.ones(3) / 2)
     with pytest.raises(DomainclustError, match="one integer label per tile"):
         read_labels_file(tmp_path / "f.npy", n_tiles=3)
+
+
+@pytest.mark.parametrize("standardise", [False, True])
+def test_fewer_samples_than_dimensions_reach_the_optimum_of_the_full_problem(standardise) -> None:
+    """Solved in the span of the samples, the probe is still the optimum over all d dims: the
+    gradient of the full objective vanishes at it."""
+    rng = np.random.default_rng(1)
+    y = np.arange(30) % 3
+    x = (rng.normal(0, 1, (30, 2000)) + y[:, None] * 0.05 + 2.0).astype(np.float32)
+    wd = 1e-2
+    probe = fit_linear(x, y, weight_decay=wd, max_iter=500, standardise=standardise)
+    assert probe.weight.shape == (3, 2000)
+    w = probe.weight.clone().requires_grad_(True)
+    b = probe.bias.clone().requires_grad_(True)
+    z = (torch.as_tensor(x) - probe.mean) / probe.std
+    loss = F.cross_entropy(z @ w.T + b, torch.as_tensor(y)) + 0.5 * wd * (w * w).sum()
+    loss.backward()
+    assert float(w.grad.abs().max()) < 1e-4 and float(b.grad.abs().max()) < 1e-4
+    assert float(w.abs().max()) > 1e-3  # not the trivial zero solution
 
 
 def test_linear_probe_fits_separable_classes_with_any_label_values() -> None:

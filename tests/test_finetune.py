@@ -145,3 +145,16 @@ def test_augment_translates_within_bounds_and_is_seeded() -> None:
     assert torch.equal(a, b) and a.shape == x.shape
     assert a.sum().item() == pytest.approx(x.sum().item(), rel=0.05)  # moved, not cropped off
     assert augment(x, shift=0.0, flip=False, generator=torch.Generator()) is x
+
+
+def test_a_dimension_constant_on_the_pool_cannot_swamp_a_test_tile() -> None:
+    from domainclust.evaluation.frozen import Standardiser
+    from domainclust.evaluation.linear import STD_FLOOR
+
+    rng = np.random.default_rng(0)
+    pool = np.column_stack([rng.normal(3.0, 2.0, 500), np.zeros(500)]).astype(np.float32)
+    st = Standardiser.fit(pool)
+    z = st(np.array([[5.0, 1.0]], np.float32))[0]
+    assert z[0] == pytest.approx((5.0 - pool[:, 0].mean()) / pool[:, 0].std(), rel=1e-5)
+    typical = np.sqrt((pool[:, 0].std() ** 2 + 0.0) / 2)
+    assert z[1] == pytest.approx(1.0 / (STD_FLOOR * typical), rel=1e-5)  # 141, not 1e6

@@ -136,11 +136,11 @@ def test_cli_list_and_show() -> None:
     assert resolved["config"]["train"]["weight_decay"] == 1e-6
 
 
-@pytest.mark.parametrize("name", ["sentinel2.yaml", "landsat.yaml"])
-def test_provisional_domain_recipes_resolve_and_say_so(name: str) -> None:
+@pytest.mark.parametrize("name", ["geotiff.yaml", "sentinel2.yaml", "landsat.yaml"])
+def test_multispectral_recipes_keep_the_spectral_level(name: str) -> None:
+    """The measured choice (Landsat, low-shot protocol): no gradient-only front-end."""
     from domainclust.config import resolve
     from domainclust.modality import load_recipe as load_domain_recipe
 
     config = resolve(recipe=load_domain_recipe(name))
-    assert config.modality == "geotiff" and config.model.frontend == "sobel-per-channel"
-    assert "PROVISIONAL" in (RECIPES.parent / name).read_text()
+    assert config.modality == "geotiff" and config.model.frontend == "none"

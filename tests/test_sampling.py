@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from domainclust.errors import DomainclustError
-from domainclust.sampling import ClusterUniformSampler, cluster_uniform_indices, sample_subset
+from domainclust.sampling import cluster_uniform_indices, sample_subset, training_draw
 
 
 def unbalanced_labels(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -36,14 +36,34 @@ def test_draws_within_a_cluster_cover_its_members() -> None:
     assert set(drawn) <= set(large)
 
 
-def test_sampler_is_seeded_and_shuffled() -> None:
+@pytest.mark.parametrize("sampler", ["uniform", "plain"])
+def test_draw_is_seeded_and_shuffled(sampler: str) -> None:
     labels = np.repeat(np.arange(4), [10, 20, 30, 40])
-    a = list(ClusterUniformSampler(labels, n_draws=100, seed=3))
-    b = list(ClusterUniformSampler(labels, n_draws=100, seed=3))
-    c = list(ClusterUniformSampler(labels, n_draws=100, seed=4))
+
+    def draw(seed: int) -> list[int]:
+        return training_draw(labels, n_draws=100, rng=np.random.default_rng(seed),
+                             sampler=sampler).tolist()
+
+    a, b, c = draw(3), draw(3), draw(4)
     assert a == b and a != c
     assert len(a) == 100
     assert not np.all(np.diff(labels[a]) >= 0)  # not ordered by cluster
+
+
+def test_plain_draw_follows_cluster_sizes_and_uniform_does_not() -> None:
+    labels = np.repeat(np.arange(2), [10, 90])
+    rng = np.random.default_rng(0)
+    plain = training_draw(labels, n_draws=200, rng=rng, sampler="plain")
+    uniform = training_draw(labels, n_draws=200, rng=rng, sampler="uniform")
+    assert np.bincount(labels[plain]).tolist() == [20, 180]  # every tile twice
+    assert np.bincount(plain, minlength=100).tolist() == [2] * 100
+    assert np.bincount(labels[uniform]).tolist() == [100, 100]
+
+
+def test_unknown_sampler_is_refused() -> None:
+    with pytest.raises(DomainclustError, match="unknown sampler 'balanced'"):
+        training_draw(np.zeros(4, np.int64), n_draws=4, rng=np.random.default_rng(0),
+                      sampler="balanced")
 
 
 def test_subset_is_unique_sorted_and_seeded() -> None:

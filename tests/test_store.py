@@ -6,7 +6,7 @@ import torch
 import zarr
 
 from domainclust.errors import DomainclustError
-from domainclust.store import StoreSpec, TileStore, TileStoreWriter
+from domainclust.store import StoreSpec, TileStore, TileStoreWriter, write_subset
 
 
 def spec(**changes) -> StoreSpec:
@@ -19,6 +19,25 @@ def tiles(start: int, n: int) -> np.ndarray:
     t = np.zeros((n, 2, 8, 8), dtype=np.uint16)
     t[:, 0] = np.arange(start, start + n)[:, None, None]
     return t
+
+
+def test_a_subset_store_keeps_tiles_labels_and_records_and_redoes_an_unfinished_one(
+    tmp_path
+) -> None:
+    w = TileStoreWriter(tmp_path / "s.zarr", spec(), with_labels=True, chunk_tiles=16)
+    w.append(tiles(0, 40), labels=np.arange(40) % 3,
+             meta={"position": np.arange(40)[:, None].repeat(2, 1)})
+    w.finish()
+    full = TileStore(tmp_path / "s.zarr")
+    idx = np.array([2, 5, 31, 39])
+    unfinished = TileStoreWriter(tmp_path / "sub.zarr", spec(), with_labels=True)
+    unfinished.append(tiles(0, 1), labels=np.zeros(1, np.int64))  # interrupted: never finished
+    sub = write_subset(full, idx, tmp_path / "sub.zarr")
+    assert sub.n == 4 and sub.attrs["scale"] == full.attrs["scale"]
+    assert np.array_equal(sub.read(np.arange(4)), full.read(idx))
+    assert np.array_equal(sub.labels, idx % 3)
+    assert np.array_equal(sub.meta("position")[:, 0], idx)
+    assert write_subset(full, np.array([0]), tmp_path / "sub.zarr").n == 4  # finished: reused
 
 
 def test_roundtrip_with_labels_meta_and_float_conversion(tmp_path) -> None:

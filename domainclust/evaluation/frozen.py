@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from domainclust.evaluation.linear import LinearClassifier, fit_linear
+from domainclust.evaluation.linear import LinearClassifier, fit_linear, floor_spread
 
 WEIGHT_DECAYS = (1e-3, 1e-2, 1e-1, 1.0)
 DEFAULT_WEIGHT_DECAY = 1e-2
@@ -24,14 +25,15 @@ SWEEP_ITER = 40
 
 @dataclass(frozen=True)
 class Standardiser:
-    """Per-dimension z-score with statistics of unlabelled tiles."""
+    """Per-dimension z-score with statistics of unlabelled tiles (spreads floored as in
+    `linear.floor_spread`)."""
 
     mean: np.ndarray
     std: np.ndarray
 
     @classmethod
     def fit(cls, x: np.ndarray) -> Standardiser:
-        return cls(mean=x.mean(0), std=np.maximum(x.std(0), 1e-6 * max(float(x.std()), 1e-12)))
+        return cls(mean=x.mean(0), std=floor_spread(torch.from_numpy(x.std(0))).numpy())
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return ((x - self.mean) / self.std).astype(np.float32)

@@ -25,6 +25,15 @@ from domainclust.evaluation.models import fresh_network
 
 WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2)
 SWEEP_ITER = 40
+STD_FLOOR = 1e-2  # of the root-mean-square spread over dimensions
+
+
+def floor_spread(std: torch.Tensor) -> torch.Tensor:
+    """Per-dimension spreads, each at least `STD_FLOOR` of the typical one: a dimension that is
+    (nearly) constant in the statistics' sample (an always-black border pixel, a unit that rarely
+    fires) cannot swamp all the others when it does vary."""
+    typical = std.double().square().mean().sqrt().clamp_min(1e-12)
+    return std.clamp_min(float(STD_FLOOR * typical))
 
 
 @dataclass
@@ -54,6 +63,8 @@ def fit_linear(
 
     `standardise` z-scores the features with the training statistics (right for many training
     samples; with a handful of shots those statistics are noise, so low-shot callers turn it off).
+    With fewer samples than dimensions the problem is solved in the span of the samples, where
+    its solution lies: the same objective and L-BFGS iterates at the cost of n, not d, dimensions.
     """
     torch.manual_seed(seed)
     xt = torch.as_tensor(x, dtype=torch.float32, device=device)
@@ -61,8 +72,11 @@ def fit_linear(
     yt = torch.as_tensor(yt, device=device)
     mean, std = torch.zeros_like(xt[0]), torch.ones_like(xt[0])
     if standardise and len(xt) > 1:
-        mean, std = xt.mean(0), xt.std(0).clamp_min(1e-6)
+        mean, std = xt.mean(0), floor_spread(xt.std(0))
     z = (xt - mean) / std
+    basis = span_basis(z) if len(z) < z.shape[1] else None
+    if basis is not None:
+        z = z @ basis
     w = torch.zeros(len(classes), z.shape[1], device=device, requires_grad=True)
     b = torch.zeros(len(classes), device=device, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20,
@@ -75,7 +89,16 @@ def fit_linear(
         return loss
 
     opt.step(closure)
-    return LinearClassifier(mean=mean, std=std, weight=w.detach(), bias=b.detach(), classes=classes)
+    weight = w.detach() if basis is None else w.detach() @ basis.T
+    return LinearClassifier(mean=mean, std=std, weight=weight, bias=b.detach(), classes=classes)
+
+
+def span_basis(z: torch.Tensor) -> torch.Tensor:
+    """(d, r) orthonormal basis of the span of the rows of `z` (n, d), from the n x n Gram."""
+    gram = (z.double() @ z.double().T)
+    s, u = torch.linalg.eigh(gram)
+    keep = s > s.max().clamp_min(1e-30) * 1e-10
+    return (z.double().T @ (u[:, keep] / s[keep].sqrt())).to(z.dtype)
 
 
 def fit_probe(

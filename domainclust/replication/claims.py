@@ -10,9 +10,6 @@ claims. A claim is either
   their pretrained means. The two runs are independent, so its 95 % CI combines the two
   intervals' half-widths in quadrature (a normal approximation, stated in the table).
 
-A claim can also be `unsupported` (its reason printed): a setting the code does not have yet
-is reported as such instead of being silently approximated.
-
 Each variant's results are its run dir's `eval/finetune.json`, in the low-shot schema: `rows`
 (`method` in raw_pixels / channel_stats / random_init / pretrained, `protocol`, `shots`,
 `metric`, `mean`, `ci_low`, `ci_high`, `repeats`), `split`, and `verdict` per shot count
@@ -30,9 +27,13 @@ from typing import Any
 
 from domainclust import config as cfg
 from domainclust.errors import DomainclustError
+from domainclust.evaluation.data import save_split, store_split
+from domainclust.store import TileStore, write_subset
 
-CLAIM_KINDS = ("baseline", "contrast", "unsupported")
+CLAIM_KINDS = ("baseline", "contrast")
 FINETUNE_FILE = Path("eval") / "finetune.json"
+SPLIT_FILE = "split.npz"  # the held-out tiles never pretrain; every variant is scored on them
+TEST_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,6 @@ class Claim:
     variant: str | None = None  # baseline: the variant judged
     a: str | None = None  # contrast: a - b
     b: str | None = None
-    reason: str = ""  # unsupported: why
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class ReplicationRecipe:
 
 _KEYS = {"kind", "name", "title", "base", "modality", "overrides", "variants", "low_shot",
          "claims"}
-_CLAIM_KEYS = {"name", "statement", "kind", "variant", "a", "b", "reason"}
+_CLAIM_KEYS = {"name", "statement", "kind", "variant", "a", "b"}
 
 
 def parse_replication(values: dict[str, Any], *, source: str) -> ReplicationRecipe:
@@ -91,11 +91,11 @@ def parse_replication(values: dict[str, Any], *, source: str) -> ReplicationReci
             raise DomainclustError(f"recipe {source}: claims[{i}]: unknown key(s) {', '.join(bad)}")
         claim = Claim(name=str(c.get("name", f"claim {i}")), statement=str(c.get("statement", "")),
                       kind=str(c.get("kind")), variant=c.get("variant"), a=c.get("a"),
-                      b=c.get("b"), reason=str(c.get("reason", "")))
+                      b=c.get("b"))
         if claim.kind not in CLAIM_KINDS:
             raise DomainclustError(f"recipe {source}: claims[{i}].kind must be one of "
                                    f"{', '.join(CLAIM_KINDS)}, got {claim.kind!r}")
-        used = {"baseline": [claim.variant], "contrast": [claim.a, claim.b]}.get(claim.kind, [])
+        used = [claim.variant] if claim.kind == "baseline" else [claim.a, claim.b]
         missing = [v for v in used if v not in variants]
         if missing:
             raise DomainclustError(f"recipe {source}: claim '{claim.name}' uses variant(s) "
@@ -125,7 +125,7 @@ class ClaimRow:
     effect: float | None  # percentage points
     ci_low: float | None
     ci_high: float | None
-    verdict: str  # holds | does not hold | inconclusive | not measured | unsupported: ...
+    verdict: str  # holds | does not hold | inconclusive | not measured
     detail: str = ""
 
 
@@ -147,9 +147,6 @@ def claim_rows(claim: Claim, results: dict[str, dict[str, Any] | None], *,
                protocol: str = "linear") -> list[ClaimRow]:
     """One row per shot count (percentage points), from the variants' finetune.json values."""
     base = {"claim": claim.name, "statement": claim.statement}
-    if claim.kind == "unsupported":
-        return [ClaimRow(**base, shots=None, effect=None, ci_low=None, ci_high=None,
-                         verdict="unsupported", detail=claim.reason)]
     needed = [claim.variant] if claim.kind == "baseline" else [claim.a, claim.b]
     if any(results.get(v) is None for v in needed):
         absent = [v for v in needed if results.get(v) is None]
@@ -242,8 +239,9 @@ def run_replication(
     progress: bool = False,
     log: Callable[[str], None] = print,
 ) -> ClaimsTable:
-    """Ingest the base modality's data once, then pretrain and score every variant not yet
-    measured (each in RUN/<variant>, resumable), and build the claims table."""
+    """Ingest the base modality's data once and split it, then pretrain every variant not yet
+    measured on the training side (each in RUN/<variant>, resumable), score it on the held-out
+    side, and build the claims table."""
     from domainclust.deepcluster import pretrain
     from domainclust.modality import get_modality
 
@@ -256,17 +254,22 @@ def run_replication(
     modality = get_modality(recipe.modality)
     store = run / "store.zarr"
     modality.ingest([], store, options=dict(modality.defaults), workers=1, progress=progress)
+    full = TileStore(store)
+    split = store_split(full, full.labels, split_path=None, test_fraction=TEST_FRACTION, seed=0)
+    save_split(run / SPLIT_FILE, split)
+    pool = write_subset(full, split.train, run / "pretrain.zarr")
     for v in chosen:
         if (run / v / FINETUNE_FILE).is_file():
             continue
         log(f"variant {v}: {' '.join(recipe.variants[v]) or '(base recipe)'}")
-        pretrain(recipe.config(v, store=str(store)), run / v, progress=progress, log=log)
-        measure_low_shot(run / v, store, settings=recipe.low_shot, log=log)
+        pretrain(recipe.config(v, store=str(pool.path)), run / v, progress=progress, log=log)
+        measure_low_shot(run / v, store, settings=recipe.low_shot, split_path=run / SPLIT_FILE,
+                         log=log)
     return claims_table(recipe, run)
 
 
 def measure_low_shot(run_dir: Path, store: Path, *, settings: dict[str, Any],
-                     log: Callable[[str], None]) -> Path:
+                     split_path: Path | None = None, log: Callable[[str], None]) -> Path:
     """The low-shot protocol on a variant's checkpoint; writes RUN/eval/finetune.json."""
     from domainclust.evaluation.fewshot import low_shot
     from domainclust.evaluation.finetune import FinetuneSettings
@@ -275,5 +278,5 @@ def measure_low_shot(run_dir: Path, store: Path, *, settings: dict[str, Any],
     s = dict(settings)
     result = low_shot(run_dir, store, shots=list(s.pop("shots", [1, 5, 10])),
                       repeats=int(s.pop("repeats", 10)), protocol=str(s.pop("protocol", "linear")),
-                      settings=FinetuneSettings(**s), log=log)
+                      settings=FinetuneSettings(**s), split_path=split_path, log=log)
     return write_finetune(result, run_dir / FINETUNE_FILE.parent)["json"]
