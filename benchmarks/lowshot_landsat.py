@@ -8,7 +8,7 @@ training side of it (no labels), and every variant is scored by the same low-sho
 against raw pixels, band statistics and random init.
 
     python benchmarks/lowshot_landsat.py --out runs/landsat --variant 'alexnet:' \
-        --variant 'resnet:arch=resnet18' --variant 'resnet-level:arch=resnet18,frontend=sobel-level'
+        --variant 'resnet:arch=resnet18' --variant 'resnet-level:arch=resnet18;frontend=sobel-level'
 
 Each variant is the landsat recipe plus its overrides; finished variants are not run again.
 """
@@ -115,7 +115,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--variant", action="append", default=[],
-                    help="NAME:key=value,key=value (landsat recipe overrides)")
+                    help="NAME:key=value;key=value (landsat recipe overrides)")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--shots", default="1,5,10")
     ap.add_argument("--min-tiles", type=int, default=40)
@@ -126,7 +126,7 @@ def main() -> None:
     results = {}
     for item in args.variant or ["recipe:"]:
         name, _, rest = item.partition(":")
-        overrides = [o for o in rest.split(",") if o]
+        overrides = [o for o in rest.split(";") if o]
         results[name] = run_variant(name, overrides, out=args.out, pool=pool, store=store.path,
                                     labels=labels, split=split, repeats=args.repeats, shots=shots)
         print(summary({name: results[name]}), flush=True)

@@ -14,7 +14,7 @@ import dask
 import numpy as np
 import pytest
 import zarr
-from distributed import Client, LocalCluster, WorkerPlugin
+from distributed import Client, LocalCluster
 from geotiff_data import make_scene
 from medical_data import CT5N, copy_files, pydicom_file
 
