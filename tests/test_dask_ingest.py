@@ -136,13 +136,16 @@ def test_a_worker_killed_mid_ingest_then_a_rerun_gives_the_serial_store(
     assert once.exists()
     assert_same_store(serial, tmp_path / "once.zarr")
 
-    # Every worker that reads item 3 dies: the ingest fails with items 0-2 committed ...
+    # Every worker that reads item 3 dies: the ingest fails with an in-order prefix of items
+    # 0-2 committed (reads held only by a dead worker's memory are not; a re-run redoes them) ...
     out = tmp_path / "killed.zarr"
     with pytest.raises(Exception, match="KilledWorker|worker"):
         run_ingest(DyingAdapter(keys[3], None), [scenes], out, options=GEO, progress=False,
                    chunk_tiles=CHUNK, dask=process_client)
-    log = [json.loads(x) for x in (out / "commits.jsonl").read_text().splitlines()]
-    assert [e["record"]["key"] for e in log] == keys[:3]
+    log_path = out / "commits.jsonl"
+    log = [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.exists() else []
+    committed = [e["record"]["key"] for e in log if "record" in e]
+    assert len(committed) <= 3 and committed == keys[:len(committed)]
     with pytest.raises(DomainclustError, match="incomplete"):
         TileStore(out)
     # ... and a re-run finishes it: the same store as the serial ingest, no duplicates.
