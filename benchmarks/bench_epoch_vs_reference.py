@@ -128,9 +128,11 @@ def main() -> None:
     ours_total = sum(ours_s.values())
     print(f"{cores} cores, {args.workers} loader workers, {args.arch} at {SIZE} px, N={args.n}, "
           f"k={args.k}, batch {args.batch}")
-    print(f"ours:      {ours_total:6.1f} s  ({', '.join(f'{k} {v:.1f}' for k, v in ours_s.items())};"
-          f" wall with start-up {ours_wall:.1f} s)")
-    print(f"reference: {ref_total:6.1f} s  ({', '.join(f'{k} {v:.1f}' for k, v in ref.items())})")
+    def parts(seconds: dict[str, float]) -> str:
+        return ", ".join(f"{k} {v:.1f}" for k, v in seconds.items())
+
+    print(f"ours:      {ours_total:6.1f} s  ({parts(ours_s)}; with start-up {ours_wall:.1f} s)")
+    print(f"reference: {ref_total:6.1f} s  ({parts(ref)})")
     print(f"whole epoch: x{ref_total / ours_total:.2f} (reference / ours)")
 
 

