@@ -114,38 +114,47 @@ def to_dict(config: Config) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+def _build(cls: type, values: dict[str, Any], where: str, what: str = "config key") -> Any:
     if not isinstance(values, dict):
-        raise DomainclustError(f"{where or 'config'}: expected a mapping, got {values!r}")
+        raise DomainclustError(f"{where or what}: expected a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise DomainclustError(
-            f"unknown config key(s) {', '.join(where + k for k in unknown)}; "
+            f"unknown {what}(s) {', '.join(where + k for k in unknown)}; "
             f"known keys here: {', '.join(sorted(names))}"
         )
     kwargs = {}
     for name, value in values.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, f"{where}{name}.")
+            kwargs[name] = _build(hint, value, f"{where}{name}.", what)
         else:
-            kwargs[name] = _coerce(value, hint, f"{where}{name}")
+            kwargs[name] = _coerce(value, hint, f"{what} {where}{name}")
     return cls(**kwargs)
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
+def _coerce(value: Any, hint: Any, label: str) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
         if value is None and type(None) in options:
             return None
-        hint = next(o for o in options if o is not type(None))
+        members = [o for o in options if o is not type(None)]
+        if len(members) > 1:  # e.g. float | str: the first member the value fits
+            for member in members:
+                try:
+                    return _coerce(value, member, label)
+                except DomainclustError:
+                    pass
+            kinds = " or ".join(getattr(m, "__name__", str(m)) for m in members)
+            raise DomainclustError(f"{label}: expected {kinds}, got {value!r}")
+        hint = members[0]
         origin = typing.get_origin(hint)
     if origin is list:
         if not isinstance(value, list):
-            raise DomainclustError(f"config key {key}: expected a list, got {value!r}")
+            raise DomainclustError(f"{label}: expected a list, got {value!r}")
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -153,7 +162,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         hint is int and isinstance(value, bool)
     ):
         raise DomainclustError(
-            f"config key {key}: expected {hint.__name__}, got {value!r} ({type(value).__name__})"
+            f"{label}: expected {hint.__name__}, got {value!r} ({type(value).__name__})"
         )
     return value
 
@@ -162,10 +171,12 @@ def from_dict(values: dict[str, Any]) -> Config:
     return _build(Config, values, "")
 
 
-def build_dataclass(cls: type, values: dict[str, Any], *, where: str = "") -> Any:
+def build_dataclass(cls: type, values: dict[str, Any], *, where: str = "",
+                    what: str = "config key") -> Any:
     """Any settings data class from a mapping, with the checks of `from_dict` (unknown keys and
-    wrong types are errors); `where` prefixes the keys in messages (`voc.`)."""
-    return _build(cls, values, where)
+    wrong types are errors); messages name keys as `what` (e.g. `rgb option`), `where` prefixes
+    them (`voc.`)."""
+    return _build(cls, values, where, what)
 
 
 def load_yaml(path: Path) -> dict[str, Any]:

@@ -7,10 +7,7 @@ batch's `skipped_files`, so the engine's report names every unusable file with i
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import types
-import typing
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +15,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from domainclust.config import build_dataclass
 from domainclust.errors import DomainclustError
 from domainclust.ingest import Skip, SourceItem, TileBatch
 
@@ -27,32 +25,7 @@ K = TypeVar("K")
 
 def parse_options(cls: type[T], options: Mapping[str, Any], *, modality: str) -> T:
     """Build the options dataclass `cls`, checking every value against its declared type."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(options) - names)
-    if unknown:
-        raise DomainclustError(
-            f"unknown {modality} option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
-        )
-    values = {k: _check(v, hints[k], f"{modality} option {k}") for k, v in options.items()
-              if k in names}
-    return cls(**values)
-
-
-def _check(value: Any, hint: Any, what: str) -> Any:
-    allowed = typing.get_args(hint) if typing.get_origin(hint) in (
-        typing.Union, types.UnionType) else (hint,)
-    if value is None and type(None) in allowed:
-        return None
-    for kind in allowed:
-        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if kind is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if kind in (str, bool) and isinstance(value, kind):
-            return value
-    names = " or ".join("null" if k is type(None) else k.__name__ for k in allowed)
-    raise DomainclustError(f"{what}: expected {names}, got {value!r}")
+    return build_dataclass(cls, dict(options), what=f"{modality} option")
 
 
 def positive(value: int, what: str) -> None:
