@@ -204,6 +204,7 @@ def low_shot(
     sources["pretrained"] = FeatureSource("pretrained", store, tile_size=size, device=dev,
                                           pool=pool, model=trained.model)
     test_features = {m: src(test) for m, src in sources.items()}
+    test_x = read_float_tiles(store, test, tile_size=size) if "finetune" in protocols else None
     for r in range(repeats):
         random_seed = derive_seed(seed, r, 10**6)
         random_net = fresh_network(spec, n_outputs=len(classes), seed=random_seed, device=dev)
@@ -229,7 +230,6 @@ def low_shot(
                         "validated": pick.validated})
             if "finetune" in protocols:
                 x = read_float_tiles(store, idx, tile_size=size)
-                test_x = read_float_tiles(store, test, tile_size=size)
                 for method in NETWORKS:
                     base = trained.model if method == "pretrained" else random_net
 
