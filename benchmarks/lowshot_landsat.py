@@ -16,20 +16,16 @@ Each variant is the landsat recipe plus its overrides; finished variants are not
 from __future__ import annotations
 
 import argparse
-import json
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import rasterio
+from lowshot import parse_variants, run_variant, summary
 
-from domainclust.config import resolve
-from domainclust.deepcluster import pretrain
-from domainclust.store import TileStore, write_subset
 from domainclust.evaluation.data import save_split, store_split
-from domainclust.evaluation.fewshot import low_shot
-from domainclust.evaluation.report import write_finetune
-from domainclust.modality import get_modality, load_recipe
+from domainclust.modality import get_modality
+from domainclust.store import TileStore, write_subset
 
 BANDS = ("10", "20", "30", "40", "50", "70")
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "landsat.yaml"
@@ -82,43 +78,9 @@ def prepare(out: Path, *, min_tiles: int, seed: int) -> tuple[Path, Path, Path, 
     return labels_path, split_path, pool.path, store
 
 
-def run_variant(name: str, overrides: list[str], *, out: Path, pool: Path, store: Path,
-                labels: Path, split: Path, repeats: int, shots: list[int]) -> dict:
-    run = out / name
-    result_path = run / "eval" / "finetune.json"
-    if not result_path.is_file():
-        def log(message: str) -> None:
-            print(f"[{name}] {message}", flush=True)
-
-        config = resolve(recipe=load_recipe(str(RECIPE)),
-                         overrides=[f"store={pool}", "report=false", *overrides])
-        pretrain(config, run, progress=False, log=log)
-        result = low_shot(run, store, shots=shots, repeats=repeats, split_path=split,
-                          labels_path=labels, log=log)
-        write_finetune(result, run / "eval")
-    return json.loads(result_path.read_text())
-
-
-def summary(results: dict[str, dict]) -> str:
-    lines = ["| variant | shots | raw pixels | band stats | random init | pretrained | verdict |",
-             "|---|---:|---:|---:|---:|---:|---|"]
-    for name, r in results.items():
-        for s, v in r["verdict"].items():
-            cell = {row["method"]: row for row in r["rows"]
-                    if row["shots"] == int(s) and row["metric"] == "top1"
-                    and row["protocol"] == "linear"}
-            pct = [f"{100 * cell[m]['mean']:.1f}" for m in
-                   ("raw_pixels", "channel_stats", "random_init", "pretrained")]
-            ci = ("" if v["ci_low"] is None else
-                  f" [{100 * v['ci_low']:+.1f}, {100 * v['ci_high']:+.1f}]")
-            lines.append(f"| {name} | {s} | {' | '.join(pct)} | {v['result']} "
-                         f"({100 * v['difference']:+.1f}{ci} vs {v['best_baseline']}) |")
-    return "\n".join(lines)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=Path("runs/landsat"))
     ap.add_argument("--variant", action="append", default=[],
                     help="NAME:key=value;key=value (landsat recipe overrides)")
     ap.add_argument("--repeats", type=int, default=10)
@@ -129,11 +91,10 @@ def main() -> None:
     labels, split, pool, store = prepare(args.out, min_tiles=args.min_tiles, seed=args.seed)
     shots = [int(s) for s in args.shots.split(",")]
     results = {}
-    for item in args.variant or ["recipe:"]:
-        name, _, rest = item.partition(":")
-        overrides = [o for o in rest.split(";") if o]
-        results[name] = run_variant(name, overrides, out=args.out, pool=pool, store=store.path,
-                                    labels=labels, split=split, repeats=args.repeats, shots=shots)
+    for name, overrides in parse_variants(args.variant).items():
+        results[name] = run_variant(name, overrides, recipe=RECIPE, run=args.out / name,
+                                    pool=pool, store=store.path, labels=labels, split=split,
+                                    repeats=args.repeats, shots=shots)
         print(summary({name: results[name]}), flush=True)
     print(summary(results))
 

@@ -6,6 +6,7 @@ import gzip
 import json
 import shutil
 import struct
+from importlib import metadata
 from pathlib import Path
 
 import nibabel as nib
@@ -54,7 +55,7 @@ def failed_report(out: Path) -> dict:
 
 def test_modality_is_registered_with_its_recipe() -> None:
     m = get_modality("mri")
-    assert m.channels == ("mr",) and m.frontend == "sobel" and m.recipe == "mri.yaml"
+    assert m.channels == ("mr",) and m.frontend == "none" and m.recipe == "mri.yaml"
     assert m.load_recipe()["modality"] == "mri"
 
 
@@ -210,3 +211,46 @@ def test_no_patient_identifier_reaches_the_store(tmp_path: Path) -> None:
     assert TileStore(out).n > 0
     assert grep_store(out, needles | {"98892003", "dft patient"}) == []
     shutil.rmtree(folder)
+
+
+def _nilearn_template(kind: str) -> Path:
+    try:
+        files = metadata.distribution("nilearn")
+    except metadata.PackageNotFoundError:
+        pytest.skip("the MNI152 T1 template ships with nilearn (pip install --no-deps nilearn)")
+    path = Path(str(files.locate_file(
+        f"nilearn/datasets/data/mni_icbm152_{kind}_tal_nlin_sym_09a_converted.nii.gz")))
+    if not path.exists():
+        pytest.skip(f"{path} is missing from the installed nilearn")
+    return path
+
+
+def _axial(path: Path) -> np.ndarray:
+    """(slice, row, column) = (inferior→superior, anterior→posterior, right→left), via RAS+."""
+    ras = np.asarray(nib.as_closest_canonical(nib.load(path)).dataobj, dtype=np.float64)
+    return np.flip(ras.transpose(2, 1, 0), axis=(1, 2))
+
+
+def test_real_t1_template_tiles_keep_position_and_tissue_contrast(tmp_path: Path) -> None:
+    """The MNI152 T1 (1 mm, an average of 152 real scans): tiles are the robust z-score at
+    their recorded position, and white matter is brighter than grey matter, brighter than CSF."""
+    t1 = _nilearn_template("t1")
+    ingest(MODALITY, [t1], tmp_path / "t1.zarr", tile_size=32, stride=32, slice_stride=8)
+    store = TileStore(tmp_path / "t1.zarr")
+    expected = robust_z(_axial(t1))
+    gm, wm = (_axial(_nilearn_template(k)) / 255.0 for k in ("gm", "wm"))
+    x = floats(store)
+    assert store.n > 100
+    centre = {"gm": [], "wm": [], "csf": []}
+    for i, (z, r, c) in enumerate(store.meta("position")):
+        np.testing.assert_allclose(x[i, 0], expected[z, r:r + 32, c:c + 32],
+                                   atol=10 / 255 / 2 + 1e-5)
+        window = (z, slice(r + 12, r + 20), slice(c + 12, c + 20))
+        g, w = gm[window].mean(), wm[window].mean()
+        tissue = ("gm" if g > max(w, 0.5) else "wm" if w > max(g, 0.5)
+                  else "csf" if g + w < 0.4 else None)
+        if tissue:
+            centre[tissue].append(x[i, 0, 12:20, 12:20].mean())
+    means = {k: float(np.mean(v)) for k, v in centre.items()}
+    assert min(len(v) for v in centre.values()) >= 5, {k: len(v) for k, v in centre.items()}
+    assert means["wm"] > means["gm"] + 0.5 > means["csf"] + 1.0, means

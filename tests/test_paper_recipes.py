@@ -136,11 +136,20 @@ def test_cli_list_and_show() -> None:
     assert resolved["config"]["train"]["weight_decay"] == 1e-6
 
 
-@pytest.mark.parametrize("name", ["geotiff.yaml", "sentinel2.yaml", "landsat.yaml"])
-def test_multispectral_recipes_keep_the_spectral_level(name: str) -> None:
-    """The measured choice (Landsat, low-shot protocol): no gradient-only front-end."""
+@pytest.mark.parametrize("name", ["geotiff.yaml", "sentinel2.yaml", "landsat.yaml", "mri.yaml"])
+def test_measured_recipes_keep_the_intensity_level(name: str) -> None:
+    """The measured choice (Landsat; the MNI152 T1; low-shot protocol): no gradient-only
+    front-end."""
     from domainclust.config import resolve
     from domainclust.modality import load_recipe as load_domain_recipe
 
     config = resolve(recipe=load_domain_recipe(name))
-    assert config.modality == "geotiff" and config.model.frontend == "none"
+    assert config.model.frontend == "none"
+
+
+def test_modality_listing_shows_its_recipe_front_end() -> None:
+    from domainclust.modality import available_modalities
+
+    for name, m in available_modalities().items():
+        assert not isinstance(m, DomainclustError), m
+        assert m.frontend == m.load_recipe()["model"]["frontend"], name

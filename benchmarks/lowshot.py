@@ -1,0 +1,61 @@
+"""Shared driver of the low-shot benchmarks: recipe variants pretrained on a pool of unlabelled
+tiles and scored by `domainclust finetune`'s protocol on a fixed split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from domainclust.config import resolve
+from domainclust.deepcluster import pretrain
+from domainclust.evaluation.fewshot import low_shot
+from domainclust.evaluation.report import write_finetune
+from domainclust.modality import load_recipe
+
+METHODS = ("raw_pixels", "channel_stats", "random_init", "pretrained")
+
+
+def parse_variants(items: list[str]) -> dict[str, list[str]]:
+    """`NAME:key=value;key=value` → {NAME: overrides}; no item means the recipe itself."""
+    variants = {}
+    for item in items or ["recipe:"]:
+        name, _, rest = item.partition(":")
+        variants[name] = [o for o in rest.split(";") if o]
+    return variants
+
+
+def run_variant(name: str, overrides: list[str], *, recipe: Path, run: Path, pool: Path,
+                store: Path, labels: Path, split: Path, repeats: int, shots: list[int],
+                max_test: int | None = None) -> dict:
+    """Pretrain `recipe` + `overrides` on `pool`, score it on `split`; a finished run is kept."""
+    result_path = run / "eval" / "finetune.json"
+    if not result_path.is_file():
+        def log(message: str) -> None:
+            print(f"[{name}] {message}", flush=True)
+
+        config = resolve(recipe=load_recipe(str(recipe)),
+                         overrides=[f"store={pool}", "report=false", *overrides])
+        pretrain(config, run, progress=False, log=log)
+        result = low_shot(run, store, shots=shots, repeats=repeats, split_path=split,
+                          labels_path=labels, max_test=max_test, log=log)
+        write_finetune(result, run / "eval")
+    return json.loads(result_path.read_text())
+
+
+def top1(result: dict, method: str, shots: int) -> float:
+    return next(row["mean"] for row in result["rows"]
+                if row["method"] == method and row["shots"] == shots
+                and row["metric"] == "top1" and row["protocol"] == "linear")
+
+
+def summary(results: dict[str, dict]) -> str:
+    lines = ["| variant | shots | raw pixels | channel stats | random init | pretrained | verdict |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for name, r in results.items():
+        for s, v in r["verdict"].items():
+            pct = [f"{100 * top1(r, m, int(s)):.1f}" for m in METHODS]
+            ci = ("" if v["ci_low"] is None else
+                  f" [{100 * v['ci_low']:+.1f}, {100 * v['ci_high']:+.1f}]")
+            lines.append(f"| {name} | {s} | {' | '.join(pct)} | {v['result']} "
+                         f"({100 * v['difference']:+.1f}{ci} vs {v['best_baseline']}) |")
+    return "\n".join(lines)

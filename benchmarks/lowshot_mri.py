@@ -1,0 +1,159 @@
+"""Choose the MR recipe by measurement: DeepCluster variants on a real labelled T1 volume,
+selected on validation slices, scored once on held-out test slices.
+
+The volume is the MNI ICBM152 2009a symmetric T1 template (1 mm, 197 x 233 x 189; an average
+of 152 real T1 scans) that ships inside nilearn, with its grey- and white-matter probability
+maps as labels. It is ingested by the `mri` adapter (robust z-score, background tiles dropped);
+a tile's label is the tissue with the highest mean probability in its central quarter: grey
+matter, white matter, or neither (CSF and tissue outside the brain). Axial slices are cut into
+blocks of `--block` mm, each block drawn to be test, validation or training; training tiles
+within `--gap` mm of a test or validation block are dropped. Pretraining sees only training
+tiles (no labels).
+
+    python benchmarks/lowshot_mri.py --out runs/mri --variant 'recipe:' \
+        --variant 'level:frontend=sobel-level' --variant 'alex:arch=alexnet;width=0.5'
+
+Every variant is pretrained on the training blocks and scored on the validation blocks; the
+variant with the best mean pretrained top-1 over the shot counts of `--select-shots` is then
+pretrained on training + validation blocks and scored once on the test blocks. Finished runs
+are kept and not run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+from lowshot import parse_variants, run_variant, summary, top1
+
+from domainclust.evaluation.data import Split, save_split
+from domainclust.modality import get_modality
+from domainclust.store import TileStore, write_subset
+from modalities.medical.nifti import load_nifti
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "mri.yaml"
+CLASSES = ("grey matter", "white matter", "neither")
+ROLES = ("train", "val", "test")
+
+
+def template(kind: str) -> Path:
+    files = metadata.distribution("nilearn")
+    name = f"mni_icbm152_{kind}_tal_nlin_sym_09a_converted.nii.gz"
+    return Path(str(files.locate_file(f"nilearn/datasets/data/{name}")))
+
+
+def tissue_labels(position: np.ndarray, *, tile: int) -> np.ndarray:
+    """Per tile: argmax of mean (GM, WM, rest) probability over its central quarter.
+
+    The probability maps are read by the same NIfTI loader as the T1 volume, so they share its
+    axial orientation; at 1 mm the adapter does not resample, so tile origins index them."""
+    gm, wm = (load_nifti(template(k), max_volumes=1)[0].values / 255.0 for k in ("gm", "wm"))
+    lo, hi = tile * 3 // 8, tile * 5 // 8
+    z, y, x = (position[:, i].astype(np.int64) for i in range(3))
+    means = np.empty((len(z), 3))
+    for i in range(len(z)):
+        window = (z[i], slice(y[i] + lo, y[i] + hi), slice(x[i] + lo, x[i] + hi))
+        g, w = float(gm[window].mean()), float(wm[window].mean())
+        means[i] = (g, w, max(0.0, 1.0 - g - w))
+    return means.argmax(axis=1)
+
+
+def slice_roles(z: np.ndarray, *, block: int, fractions: tuple[float, float], seed: int
+                ) -> np.ndarray:
+    """Role per slice index (0 train, 1 val, 2 test): whole blocks of `block` slices, drawn."""
+    blocks = np.unique(z // block)
+    order = np.random.default_rng(seed).permutation(blocks)
+    n_val, n_test = (max(1, round(f * len(blocks))) for f in fractions)
+    role_of = {int(b): 0 for b in order}
+    role_of.update({int(b): 1 for b in order[:n_val]})
+    role_of.update({int(b): 2 for b in order[n_val:n_val + n_test]})
+    return np.array([role_of[int(b)] for b in z // block])
+
+
+def apart(z: np.ndarray, keep: np.ndarray, held: np.ndarray, *, gap: int) -> np.ndarray:
+    """Indices of `keep` whose slice is more than `gap` slices from every slice of `held`."""
+    held_z = np.unique(z[held])
+    distance = np.abs(z[keep][:, None] - held_z[None, :]).min(axis=1)
+    return keep[distance > gap]
+
+
+def prepare(out: Path, *, tile: int, stride: int, slice_stride: int, block: int, gap: int,
+            seed: int) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    store_path = out / "store.zarr"
+    get_modality("mri").ingest(
+        [template("t1")], store_path, progress=False, workers=1,
+        options={"tile_size": tile, "stride": stride, "slice_stride": slice_stride})
+    store = TileStore(store_path)
+    position = np.asarray(store.meta("position"))
+    labels = tissue_labels(position, tile=tile)
+    labels_path = out / "labels.npy"
+    np.save(labels_path, labels)
+    z = position[:, 0].astype(np.int64)
+    role = slice_roles(z, block=block, fractions=(0.2, 0.2), seed=seed)
+    train, val, test = (np.flatnonzero(role == r) for r in range(3))
+    stages = {
+        "select": Split(train=apart(z, train, val, gap=gap), test=val,
+                        source=f"axial blocks of {block} mm, validation side"),
+        "test": Split(train=apart(z, np.concatenate([train, val]), test, gap=gap), test=test,
+                      source=f"axial blocks of {block} mm, test side"),
+    }
+    counts = {CLASSES[c]: int(n) for c, n in zip(*np.unique(labels, return_counts=True))}
+    print(f"{store.n} tiles {counts}; slices per role {[len(np.unique(z[role == r])) for r in range(3)]}")
+    prepared = {"store": store.path, "labels": labels_path}
+    for stage, split in stages.items():
+        save_split(out / f"{stage}-split.npz", split)
+        pool = write_subset(store, split.train, out / f"{stage}-pretrain.zarr")
+        prepared[stage] = (out / f"{stage}-split.npz", pool.path)
+        print(f"{stage}: {split.describe()}; pretraining pool {pool.n} tiles")
+    return prepared
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("runs/mri"))
+    ap.add_argument("--variant", action="append", default=[],
+                    help="NAME:key=value;key=value (mri recipe overrides)")
+    ap.add_argument("--common", default="",
+                    help="key=value;... applied to every variant (e.g. fewer epochs)")
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--shots", default="1,5,10")
+    ap.add_argument("--select-shots", default="5,10")
+    ap.add_argument("--max-test", type=int, default=600)
+    ap.add_argument("--tile", type=int, default=32)
+    ap.add_argument("--stride", type=int, default=16)
+    ap.add_argument("--slice-stride", type=int, default=4)
+    ap.add_argument("--block", type=int, default=16, help="mm of axial slices per split block")
+    ap.add_argument("--gap", type=int, default=4, help="mm kept between training and held-out")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    prepared = prepare(args.out, tile=args.tile, stride=args.stride,
+                       slice_stride=args.slice_stride, block=args.block, gap=args.gap,
+                       seed=args.seed)
+    shots = [int(s) for s in args.shots.split(",")]
+    common = [o for o in args.common.split(";") if o]
+
+    def run(stage: str, name: str, overrides: list[str]) -> dict:
+        split, pool = prepared[stage]
+        return run_variant(name, [*common, *overrides], recipe=RECIPE,
+                           run=args.out / stage / name, pool=pool, store=prepared["store"],
+                           labels=prepared["labels"], split=split, repeats=args.repeats,
+                           shots=shots, max_test=args.max_test)
+
+    variants = parse_variants(args.variant)
+    selection = {}
+    for name, overrides in variants.items():
+        selection[name] = run("select", name, overrides)
+        print(summary({name: selection[name]}), flush=True)
+    rank = [int(s) for s in args.select_shots.split(",")]
+    chosen = max(selection, key=lambda n: np.mean([top1(selection[n], "pretrained", s)
+                                                   for s in rank]))
+    print(f"validation blocks:\n{summary(selection)}\nchosen on validation: {chosen}")
+    final = run("test", chosen, variants[chosen])
+    print(f"test blocks, scored once:\n{summary({chosen: final})}")
+
+
+if __name__ == "__main__":
+    main()
