@@ -8,9 +8,11 @@ from pathlib import Path
 
 from domainclust.config import resolve
 from domainclust.deepcluster import pretrain
+from domainclust.evaluation.data import Split, save_split
 from domainclust.evaluation.fewshot import low_shot
 from domainclust.evaluation.report import write_finetune
 from domainclust.modality import load_recipe
+from domainclust.store import TileStore, write_subset
 
 METHODS = ("raw_pixels", "channel_stats", "random_init", "pretrained")
 
@@ -59,3 +61,36 @@ def summary(results: dict[str, dict]) -> str:
             lines.append(f"| {name} | {s} | {' | '.join(pct)} | {v['result']} "
                          f"({100 * v['difference']:+.1f}{ci} vs {v['best_baseline']}) |")
     return "\n".join(lines)
+
+
+def write_stages(store: TileStore, splits: dict[str, Split], out: Path) -> dict[str, tuple]:
+    """Per stage (`select`, `test`): its split file and a pretraining pool of its training side."""
+    stages = {}
+    for stage, split in splits.items():
+        save_split(out / f"{stage}-split.npz", split)
+        pool = write_subset(store, split.train, out / f"{stage}-pretrain.zarr")
+        stages[stage] = (out / f"{stage}-split.npz", pool.path)
+        print(f"{stage}: {split.describe()}; pretraining pool {pool.n} tiles")
+    return stages
+
+
+def select_then_test(variants: dict[str, list[str]], *, stages: dict[str, tuple], recipe: Path,
+                     out: Path, store: Path, labels: Path, repeats: int, shots: list[int],
+                     rank_shots: list[int], max_test: int | None = None) -> None:
+    """Every variant pretrained on the `select` pool and scored on validation tiles; the one with
+    the best mean pretrained top-1 over `rank_shots` is then pretrained on the `test` pool and
+    scored once on the test tiles, so nothing is chosen on the test split."""
+    def run(stage: str, name: str) -> dict:
+        split, pool = stages[stage]
+        return run_variant(name, variants[name], recipe=recipe, run=out / stage / name,
+                           pool=pool, store=store, labels=labels, split=split,
+                           repeats=repeats, shots=shots, max_test=max_test)
+
+    selection = {}
+    for name in variants:
+        selection[name] = run("select", name)
+        print(summary({name: selection[name]}), flush=True)
+    chosen = max(selection, key=lambda n: sum(top1(selection[n], "pretrained", s)
+                                              for s in rank_shots))
+    print(f"validation tiles:\n{summary(selection)}\nchosen on validation: {chosen}")
+    print(f"test tiles, scored once:\n{summary({chosen: run('test', chosen)})}")

@@ -26,11 +26,11 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-from lowshot import parse_variants, run_variant, summary, top1
+from lowshot import parse_variants, select_then_test, write_stages
 
-from domainclust.evaluation.data import Split, save_split
+from domainclust.evaluation.data import Split
 from domainclust.modality import get_modality
-from domainclust.store import TileStore, write_subset
+from domainclust.store import TileStore
 from modalities.medical.nifti import load_nifti
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "mri.yaml"
@@ -101,14 +101,9 @@ def prepare(out: Path, *, tile: int, stride: int, slice_stride: int, block: int,
                       source=f"axial blocks of {block} mm, test side"),
     }
     counts = {CLASSES[c]: int(n) for c, n in zip(*np.unique(labels, return_counts=True))}
-    print(f"{store.n} tiles {counts}; slices per role {[len(np.unique(z[role == r])) for r in range(3)]}")
-    prepared = {"store": store.path, "labels": labels_path}
-    for stage, split in stages.items():
-        save_split(out / f"{stage}-split.npz", split)
-        pool = write_subset(store, split.train, out / f"{stage}-pretrain.zarr")
-        prepared[stage] = (out / f"{stage}-split.npz", pool.path)
-        print(f"{stage}: {split.describe()}; pretraining pool {pool.n} tiles")
-    return prepared
+    print(f"{store.n} tiles {counts}; slices per role "
+          f"{[len(np.unique(z[role == r])) for r in range(3)]}")
+    return {"store": store.path, "labels": labels_path, "stages": write_stages(store, stages, out)}
 
 
 def main() -> None:
@@ -132,27 +127,13 @@ def main() -> None:
     prepared = prepare(args.out, tile=args.tile, stride=args.stride,
                        slice_stride=args.slice_stride, block=args.block, gap=args.gap,
                        seed=args.seed)
-    shots = [int(s) for s in args.shots.split(",")]
     common = [o for o in args.common.split(";") if o]
-
-    def run(stage: str, name: str, overrides: list[str]) -> dict:
-        split, pool = prepared[stage]
-        return run_variant(name, [*common, *overrides], recipe=RECIPE,
-                           run=args.out / stage / name, pool=pool, store=prepared["store"],
-                           labels=prepared["labels"], split=split, repeats=args.repeats,
-                           shots=shots, max_test=args.max_test)
-
-    variants = parse_variants(args.variant)
-    selection = {}
-    for name, overrides in variants.items():
-        selection[name] = run("select", name, overrides)
-        print(summary({name: selection[name]}), flush=True)
-    rank = [int(s) for s in args.select_shots.split(",")]
-    chosen = max(selection, key=lambda n: np.mean([top1(selection[n], "pretrained", s)
-                                                   for s in rank]))
-    print(f"validation blocks:\n{summary(selection)}\nchosen on validation: {chosen}")
-    final = run("test", chosen, variants[chosen])
-    print(f"test blocks, scored once:\n{summary({chosen: final})}")
+    variants = {name: [*common, *o] for name, o in parse_variants(args.variant).items()}
+    select_then_test(variants, stages=prepared["stages"], recipe=RECIPE, out=args.out,
+                     store=prepared["store"], labels=prepared["labels"], repeats=args.repeats,
+                     shots=[int(s) for s in args.shots.split(",")],
+                     rank_shots=[int(s) for s in args.select_shots.split(",")],
+                     max_test=args.max_test)
 
 
 if __name__ == "__main__":
