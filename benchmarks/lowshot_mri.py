@@ -10,8 +10,8 @@ blocks of `--block` mm, each block drawn to be test, validation or training; tra
 within `--gap` mm of a test or validation block are dropped. Pretraining sees only training
 tiles (no labels).
 
-    python benchmarks/lowshot_mri.py --out runs/mri --variant 'recipe:' \
-        --variant 'level:frontend=sobel-level' --variant 'alex:arch=alexnet;width=0.5'
+    python benchmarks/lowshot_mri.py --out runs/mri --common 'model.width=0.5;epochs=8' \
+        --variant 'recipe:' --variant 'none:frontend=none' --variant 'alex:arch=alexnet'
 
 Every variant is pretrained on the training blocks and scored on the validation blocks; the
 variant with the best mean pretrained top-1 over the shot counts of `--select-shots` is then
@@ -35,7 +35,6 @@ from modalities.medical.nifti import load_nifti
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "mri.yaml"
 CLASSES = ("grey matter", "white matter", "neither")
-ROLES = ("train", "val", "test")
 
 
 def template(kind: str) -> Path:
