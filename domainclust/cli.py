@@ -101,14 +101,16 @@ def ingest(
 @app.command("modalities")
 def list_modalities() -> None:
     """List the registered modality adapters."""
+    from domainclust.config import resolve
     from domainclust.modality import available_modalities
 
     for name, m in sorted(available_modalities().items()):
         if isinstance(m, DomainclustError):
             typer.echo(f"{name:10s} (unavailable: {m})")
             continue
+        frontend = resolve(recipe=m.load_recipe()).model.frontend
         typer.echo(f"{name:10s} channels={','.join(m.channels)} tile={m.tile_size} "
-                   f"frontend={m.frontend} recipe={m.recipe}\n{'':10s} {m.description}")
+                   f"frontend={frontend} recipe={m.recipe}\n{'':10s} {m.description}")
 
 
 register_evaluation(app)

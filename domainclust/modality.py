@@ -39,7 +39,6 @@ class Modality:
     description: str
     channels: tuple[str, ...]
     tile_size: int
-    frontend: str
     recipe: str  # file name in domainclust.recipes (the repo's recipes/ folder)
     ingest: Ingest
     raw_channels: tuple[str, ...] = ()

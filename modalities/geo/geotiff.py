@@ -323,7 +323,6 @@ MODALITY = Modality(
                 "nodata-aware, CRS and transform per tile",
     channels=SENTINEL2_BANDS,
     tile_size=int(DEFAULTS["tile_size"]),
-    frontend="none",
     recipe="geotiff.yaml",
     ingest=functools.partial(run_ingest, GeoTiffAdapter()),
     defaults=dict(DEFAULTS),

@@ -243,7 +243,6 @@ MODALITY = Modality(
                 "plain folders), one centre tile per image",
     channels=CHANNELS,
     tile_size=RgbOptions.tile_size,
-    frontend="sobel",
     recipe="rgb.yaml",
     ingest=functools.partial(run_ingest, RgbAdapter()),
     defaults=_defaults(),

@@ -407,7 +407,6 @@ MODALITY = Modality(
                 "<stem>_depth files, or a pairs CSV); depth in metres plus a validity channel",
     channels=RgbdOptions().channels,
     tile_size=RgbdOptions.tile_size,
-    frontend="sobel",
     recipe="rgbd.yaml",
     ingest=functools.partial(run_ingest, RgbdAdapter()),
     raw_channels=("depth", "depth_valid"),

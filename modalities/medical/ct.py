@@ -139,7 +139,6 @@ MODALITY = Modality(
     description="CT series (DICOM by SeriesInstanceUID, or NIfTI) as HU-windowed 2-D/2.5-D tiles",
     channels=tuple(DEFAULT_WINDOWS),
     tile_size=CT_DEFAULTS["tile_size"],
-    frontend="sobel-per-channel",
     recipe="ct.yaml",
     ingest=functools.partial(run_ingest, ADAPTER),
     defaults=CT_DEFAULTS,

@@ -121,7 +121,6 @@ MODALITY = Modality(
     description="MR series (DICOM by SeriesInstanceUID, or NIfTI) as per-volume normalised tiles",
     channels=("mr",),
     tile_size=MR_DEFAULTS["tile_size"],
-    frontend="none",
     recipe="mri.yaml",
     ingest=functools.partial(run_ingest, ADAPTER),
     defaults=MR_DEFAULTS,
