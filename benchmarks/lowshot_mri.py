@@ -126,8 +126,7 @@ def main() -> None:
     prepared = prepare(args.out, tile=args.tile, stride=args.stride,
                        slice_stride=args.slice_stride, block=args.block, gap=args.gap,
                        seed=args.seed)
-    common = [o for o in args.common.split(";") if o]
-    variants = {name: [*common, *o] for name, o in parse_variants(args.variant).items()}
+    variants = parse_variants(args.variant, common=args.common)
     select_then_test(variants, stages=prepared["stages"], recipe=RECIPE, out=args.out,
                      store=prepared["store"], labels=prepared["labels"], repeats=args.repeats,
                      shots=[int(s) for s in args.shots.split(",")],
