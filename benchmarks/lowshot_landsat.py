@@ -59,6 +59,11 @@ def write_scene(path: Path) -> Path:
     return path
 
 
+def only(labels: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """`labels` with every tile outside `idx` unlabelled (-1)."""
+    return np.where(np.isin(np.arange(len(labels)), idx), labels, -1)
+
+
 def prepare(out: Path, *, min_tiles: int, val_fraction: float, seed: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     scene = write_scene(out / "lsat7_2000.tif")
@@ -73,16 +78,15 @@ def prepare(out: Path, *, min_tiles: int, val_fraction: float, seed: int) -> dic
     labels_path = out / "labels.npy"
     np.save(labels_path, labels)
     split = store_split(store, labels, split_path=None, test_fraction=0.2, seed=seed)
-    training_side = np.where(np.isin(np.arange(store.n), split.train), labels, -1)
-    inner = grouped_split(training_side, tile_groups(store), test_fraction=val_fraction,
-                          seed=seed)
+    inner = grouped_split(only(labels, split.train), tile_groups(store),
+                          test_fraction=val_fraction, seed=seed)
     stages = {"select": Split(train=inner.train, test=inner.test,
                               source=f"validation side: {inner.source}"),
               "test": split}
     kept = {int(c): int(n) for c, n in zip(classes, counts) if n >= min_tiles}
     print(f"{store.n} tiles; classes kept (tiles): {kept}")
     for stage, part in stages.items():
-        on = {side: class_counts(np.where(np.isin(np.arange(store.n), idx), labels, -1))
+        on = {side: class_counts(only(labels, idx))
               for side, idx in (("train", part.train), ("held out", part.test))}
         print(f"{stage}: tiles per class {on}")
     return {"store": store.path, "labels": labels_path, "stages": write_stages(store, stages, out)}
