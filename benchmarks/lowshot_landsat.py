@@ -27,7 +27,7 @@ import rasterio
 from lowshot import parse_variants, select_then_test, write_stages
 
 from domainclust.evaluation.data import (
-    Split, class_counts, grouped_split, store_split, tile_groups)
+    Split, class_counts, grouped_split, labels_within, store_split, tile_groups)
 from domainclust.modality import get_modality
 from domainclust.store import TileStore
 
@@ -59,11 +59,6 @@ def write_scene(path: Path) -> Path:
     return path
 
 
-def only(labels: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """`labels` with every tile outside `idx` unlabelled (-1)."""
-    return np.where(np.isin(np.arange(len(labels)), idx), labels, -1)
-
-
 def prepare(out: Path, *, min_tiles: int, val_fraction: float, seed: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     scene = write_scene(out / "lsat7_2000.tif")
@@ -78,15 +73,14 @@ def prepare(out: Path, *, min_tiles: int, val_fraction: float, seed: int) -> dic
     labels_path = out / "labels.npy"
     np.save(labels_path, labels)
     split = store_split(store, labels, split_path=None, test_fraction=0.2, seed=seed)
-    inner = grouped_split(only(labels, split.train), tile_groups(store),
+    inner = grouped_split(labels_within(labels, split.train), tile_groups(store),
                           test_fraction=val_fraction, seed=seed)
     stages = {"select": Split(train=inner.train, test=inner.test,
                               source=f"validation side: {inner.source}"),
               "test": split}
-    kept = {int(c): int(n) for c, n in zip(classes, counts) if n >= min_tiles}
-    print(f"{store.n} tiles; classes kept (tiles): {kept}")
+    print(f"{store.n} tiles; classes kept (tiles): {class_counts(labels)}")
     for stage, part in stages.items():
-        on = {side: class_counts(only(labels, idx))
+        on = {side: class_counts(labels_within(labels, idx))
               for side, idx in (("train", part.train), ("held out", part.test))}
         print(f"{stage}: tiles per class {on}")
     return {"store": store.path, "labels": labels_path, "stages": write_stages(store, stages, out)}

@@ -258,9 +258,14 @@ def sample_shots(
     return np.sort(np.concatenate(chosen))
 
 
+def labels_within(labels: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """`labels` with every tile outside `idx` unlabelled (-1)."""
+    return np.where(np.isin(np.arange(len(labels)), idx), labels, -1)
+
+
 def check_shots(labels: np.ndarray, pool: np.ndarray, *, shots: list[int]) -> None:
     """Refuse, before any training, shot counts some class cannot provide."""
-    counts = class_counts(np.where(np.isin(np.arange(len(labels)), pool), labels, -1))
+    counts = class_counts(labels_within(labels, pool))
     for c in class_counts(labels):
         have = counts.get(c, 0)
         if have < max(shots):
