@@ -26,8 +26,8 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from domainclust.ingest import run_ingest
-from modalities.medical.adapter import expand_sources
-from modalities.medical.ct import ADAPTER, CT_DEFAULTS
+from domainclust.modalities.medical.adapter import expand_sources
+from domainclust.modalities.medical.ct import ADAPTER, CT_DEFAULTS
 
 
 def write_series(folder: Path, *, series: int, slices: int) -> int:

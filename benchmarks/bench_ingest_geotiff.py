@@ -66,7 +66,7 @@ def write_scene(path: Path, *, size: int, seed: int) -> None:
 
 
 def _import_adapter(_: int) -> int:
-    import modalities.geo.geotiff  # noqa: F401
+    import domainclust.modalities.geo.geotiff  # noqa: F401
 
     return os.getpid()
 
@@ -82,7 +82,7 @@ def _read_count(adapter: Any, item: Any, options: dict[str, Any]) -> int:
 
 def warm_reads(items: list[Any], options: dict[str, Any], *, workers: int) -> dict[str, float]:
     """Pool start-up, then the seconds to `read` every item in that warm pool (no writes)."""
-    from modalities.geo.geotiff import GeoTiffAdapter
+    from domainclust.modalities.geo.geotiff import GeoTiffAdapter
 
     adapter = GeoTiffAdapter()
     start = time.perf_counter()
@@ -108,7 +108,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from domainclust.modality import get_modality
-    from modalities.geo.geotiff import GeoTiffAdapter
+    from domainclust.modalities.geo.geotiff import GeoTiffAdapter
 
     modality = get_modality("geotiff")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_geotiff_"))

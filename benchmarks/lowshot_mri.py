@@ -31,7 +31,7 @@ from lowshot import parse_variants, select_then_test, write_stages
 from domainclust.evaluation.data import Split
 from domainclust.modality import get_modality
 from domainclust.store import TileStore
-from modalities.medical.nifti import load_nifti
+from domainclust.modalities.medical.nifti import load_nifti
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "mri.yaml"
 CLASSES = ("grey matter", "white matter", "neither")

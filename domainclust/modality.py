@@ -1,7 +1,8 @@
 """What a modality adapter declares, and the entry-point registry the core finds them through.
 
-Adapters live outside the core (the `modalities` package, or any third-party package) and
-register a `Modality` under the entry-point group `domainclust.modalities`.
+Adapters live outside the core (the bundled `domainclust.modalities` package, whose source is
+the repository's `modalities/` folder, or any third-party package) and register a `Modality`
+under the entry-point group `domainclust.modalities`.
 """
 
 from __future__ import annotations

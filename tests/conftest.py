@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def mnist_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """5000 real MNIST digits with labels (32 px, 1 channel, uint8)."""
-    from modalities.mnist import ingest
+    from domainclust.modalities.mnist import ingest
 
     path = tmp_path_factory.mktemp("mnist") / "store.zarr"
     ingest([], path, options={}, workers=1, progress=False)

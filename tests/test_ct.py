@@ -29,7 +29,7 @@ from domainclust.errors import DomainclustError
 from domainclust.ingest import default_report_path
 from domainclust.modality import get_modality
 from domainclust.store import TileStore
-from modalities.medical.ct import DEFAULT_WINDOWS, MODALITY
+from domainclust.modalities.medical.ct import DEFAULT_WINDOWS, MODALITY
 
 SMALL = {"spacing": None, "tile_size": 32, "max_background": 1.0}  # 16x16 px slices: keep all
 

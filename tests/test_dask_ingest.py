@@ -21,9 +21,9 @@ from medical_data import CT5N, copy_files, pydicom_file
 from domainclust.errors import DomainclustError
 from domainclust.ingest import SourceItem, TileBatch, run_ingest, store_key
 from domainclust.store import TileStore
-from modalities.medical.ct import MODALITY as CT
-from modalities.geo.geotiff import MODALITY as GEOTIFF
-from modalities.geo.geotiff import GeoTiffAdapter
+from domainclust.modalities.medical.ct import MODALITY as CT
+from domainclust.modalities.geo.geotiff import MODALITY as GEOTIFF
+from domainclust.modalities.geo.geotiff import GeoTiffAdapter
 
 GEO = {**GEOTIFF.defaults, "tile_size": 32}
 CHUNK = 7  # tiles per chunk: items straddle chunk boundaries

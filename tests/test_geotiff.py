@@ -25,8 +25,8 @@ from domainclust.errors import DomainclustError
 from domainclust.ingest import run_ingest
 from domainclust.modality import ingest_options
 from domainclust.store import TileStore
-from modalities.geo.geotiff import MODALITY, GeoTiffAdapter
-from modalities.geo.options import parse_options
+from domainclust.modalities.geo.geotiff import MODALITY, GeoTiffAdapter
+from domainclust.modalities.geo.options import parse_options
 
 # rasterio's own window/transform helpers still use affine's deprecated `*`.
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
@@ -154,7 +154,7 @@ def test_small_blocks_give_the_same_tiles(
     scenes: Path, store: TileStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Scenes cut into many 2x2-tile items (ragged at the edges) hold exactly the same tiles."""
-    import modalities.geo.geotiff as geotiff
+    import domainclust.modalities.geo.geotiff as geotiff
 
     monkeypatch.setattr(geotiff, "BLOCK_PX", 80)
     report = ingest([scenes], tmp_path / "blocks.zarr", labels=LABEL_RULE)

@@ -17,8 +17,8 @@ from domainclust.cli import app
 from domainclust.errors import DomainclustError
 from domainclust.ingest import default_report_path
 from domainclust.store import TileStore
-from modalities.medical.ct import MODALITY as CT
-from modalities.medical.mri import MODALITY as MRI
+from domainclust.modalities.medical.ct import MODALITY as CT
+from domainclust.modalities.medical.mri import MODALITY as MRI
 
 SMALL = {"spacing": None, "tile_size": 32, "max_background": 1.0}  # keep CT5N's 16 px slices
 

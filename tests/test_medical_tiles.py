@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modalities.medical.tiles import (
+from domainclust.modalities.medical.tiles import (
     gather_tiles,
     pad_to_tile,
     resample_inplane,
@@ -13,7 +13,7 @@ from modalities.medical.tiles import (
     slab_indices,
     tile_starts,
 )
-from modalities.medical.volume import check_slice_spacing, contiguous_runs, hashed, scrub
+from domainclust.modalities.medical.volume import check_slice_spacing, contiguous_runs, hashed, scrub
 
 
 def test_regular_spacing_has_no_problem() -> None:

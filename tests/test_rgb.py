@@ -19,7 +19,7 @@ from domainclust import cli
 from domainclust.errors import DomainclustError
 from domainclust.ingest import default_report_path, run_ingest
 from domainclust.store import TileStore
-from modalities.images.rgb import MODALITY, RgbAdapter
+from domainclust.modalities.images.rgb import MODALITY, RgbAdapter
 
 SIZE = 48
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry")

@@ -21,7 +21,7 @@ from domainclust.errors import DomainclustError
 from domainclust.ingest import default_report_path
 from domainclust.model import DeepClusterNet
 from domainclust.store import TileStore
-from modalities.images.rgbd import MODALITY
+from domainclust.modalities.images.rgbd import MODALITY
 
 
 def relative(path: str, root: Path) -> str:

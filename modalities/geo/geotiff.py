@@ -31,8 +31,8 @@ from domainclust.errors import DomainclustError
 from domainclust.ingest import Skip, SourceItem, TileBatch, run_ingest
 from domainclust.modality import Modality
 from domainclust.store import StoreSpec
-from modalities.geo.options import DEFAULTS, BandRequest, GeoOptions, parse_options
-from modalities.geo.scenes import (
+from domainclust.modalities.geo.options import DEFAULTS, BandRequest, GeoOptions, parse_options
+from domainclust.modalities.geo.scenes import (
     Scene,
     SceneError,
     find_scene_files,
@@ -43,7 +43,7 @@ from modalities.geo.scenes import (
     tile_grid,
     valid_pixels,
 )
-from modalities.geo.stats import Normalisation, choose_normalisation, robust_range, sample_pixels
+from domainclust.modalities.geo.stats import Normalisation, choose_normalisation, robust_range, sample_pixels
 
 BLOCK_PX = 1024  # an item's window: ~54 MB as float32 for 13 bands, and few commits per scene
 SENTINEL2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10",

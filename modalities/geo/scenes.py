@@ -22,7 +22,7 @@ from rasterio.warp import transform as transform_coords
 from rasterio.windows import Window
 
 from domainclust.errors import DomainclustError
-from modalities.geo.options import BandRequest
+from domainclust.modalities.geo.options import BandRequest
 
 SCENE_SUFFIXES = (".tif", ".tiff")
 STEM = "{stem}"

@@ -18,7 +18,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 from tqdm.auto import tqdm
 
-from modalities.geo.scenes import Scene, gdal_message, read_window, tile_grid
+from domainclust.modalities.geo.scenes import Scene, gdal_message, read_window, tile_grid
 
 # Float range a stretched (non-lossless) store keeps at least: uint16 keeps values far outside
 # the percentile range (clouds, water, saturation), widened per band to the sample's extremes

@@ -32,8 +32,8 @@ from domainclust.errors import DomainclustError
 from domainclust.ingest import SourceItem, TileBatch, run_ingest
 from domainclust.modality import Modality
 from domainclust.store import StoreSpec
-from modalities.images.decode import UnreadableFile, decode_rgb, is_image, square_tile, walk_files
-from modalities.images.items import (
+from domainclust.modalities.images.decode import UnreadableFile, decode_rgb, is_image, square_tile, walk_files
+from domainclust.modalities.images.items import (
     Entry,
     class_names,
     entries_of,

@@ -45,7 +45,7 @@ from domainclust.errors import DomainclustError
 from domainclust.ingest import SourceItem, TileBatch, run_ingest
 from domainclust.modality import Modality
 from domainclust.store import StoreSpec
-from modalities.images.decode import (
+from domainclust.modalities.images.decode import (
     IMAGE_EXTENSIONS,
     UnreadableFile,
     decode_rgb,
@@ -54,7 +54,7 @@ from modalities.images.decode import (
     square_tile,
     walk_files,
 )
-from modalities.images.items import (
+from domainclust.modalities.images.items import (
     Entry,
     class_names,
     entries_of,

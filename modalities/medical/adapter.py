@@ -24,16 +24,16 @@ import torch
 from domainclust.errors import DomainclustError
 from domainclust.ingest import Skip, SourceItem, TileBatch
 from domainclust.store import StoreSpec
-from modalities.medical.dicom import group_series, load_multiframe, load_series
-from modalities.medical.nifti import is_nifti, load_nifti
-from modalities.medical.tiles import (
+from domainclust.modalities.medical.dicom import group_series, load_multiframe, load_series
+from domainclust.modalities.medical.nifti import is_nifti, load_nifti
+from domainclust.modalities.medical.tiles import (
     gather_tiles,
     pad_to_tile,
     resample_inplane,
     select_tiles,
     slab_indices,
 )
-from modalities.medical.volume import Volume, hashed
+from domainclust.modalities.medical.volume import Volume, hashed
 
 # Sidecars that sit next to images (BIDS JSON, notes); not reported as unreadable files.
 IGNORED_SUFFIXES = {".json", ".txt", ".tsv", ".csv", ".md", ".bval", ".bvec", ".xml", ".log"}

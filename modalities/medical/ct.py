@@ -21,8 +21,8 @@ import torch
 from domainclust.errors import DomainclustError
 from domainclust.ingest import Skip, run_ingest
 from domainclust.modality import Modality
-from modalities.medical.adapter import COMMON_DEFAULTS, MedicalAdapter, TileOptions, parse_common
-from modalities.medical.volume import Volume
+from domainclust.modalities.medical.adapter import COMMON_DEFAULTS, MedicalAdapter, TileOptions, parse_common
+from domainclust.modalities.medical.volume import Volume
 
 AIR_HU = -1024.0
 DEFAULT_WINDOWS: dict[str, list[float]] = {

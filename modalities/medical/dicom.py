@@ -31,7 +31,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
 from domainclust.ingest import Skip, SourceItem
-from modalities.medical.volume import (
+from domainclust.modalities.medical.volume import (
     DUPLICATE_MM,
     Volume,
     check_slice_spacing,

@@ -22,8 +22,8 @@ import torch
 from domainclust.errors import DomainclustError
 from domainclust.ingest import Skip, run_ingest
 from domainclust.modality import Modality
-from modalities.medical.adapter import COMMON_DEFAULTS, MedicalAdapter, TileOptions, parse_common
-from modalities.medical.volume import Volume
+from domainclust.modalities.medical.adapter import COMMON_DEFAULTS, MedicalAdapter, TileOptions, parse_common
+from domainclust.modalities.medical.volume import Volume
 
 IQR_TO_SD = 1.349  # IQR of a normal distribution in standard deviations
 SAMPLE_VOXELS = 1_000_000  # statistics from a strided sample: percentiles of 10^8 voxels are slow

@@ -16,7 +16,7 @@ import numpy as np
 from nibabel import orientations
 
 from domainclust.ingest import Skip
-from modalities.medical.volume import Volume, scrub
+from domainclust.modalities.medical.volume import Volume, scrub
 
 SUFFIXES = (".nii", ".nii.gz")
 AXIAL_DICOM_LIKE = ("P", "L", "S")  # (row, column, slice) directions
