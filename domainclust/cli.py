@@ -64,7 +64,7 @@ def demo(
 def ingest(
     sources: list[Path] = typer.Argument(None, help="files or folders to ingest"),
     modality: str = typer.Option(..., "--modality", help="adapter to use (see `modalities`)"),
-    out: Path = typer.Option(..., "--out", help="TileStore to write (resumed if it exists)"),
+    out: Path = typer.Option(..., "--out", help="TileStore to write: a new folder, or a store domainclust made (resumed)"),
     set_: list[str] = typer.Option([], "--set", help="adapter option key=value; repeatable"),
     workers: int = typer.Option(1, "--workers", help="reader processes"),
     dask: str | None = typer.Option(

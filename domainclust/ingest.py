@@ -190,6 +190,7 @@ def run_ingest(
     per chunk, and `shard_chunks`, chunks per zarr v3 shard (so that a store of millions of
     tiles is not millions of files), lay out a new store.
     """
+    check_destinations(out=Path(out), sources=[Path(s) for s in sources], report=report)
     found = adapter.discover([Path(s) for s in sources], options)
     if not found:
         raise DomainclustError(
@@ -204,55 +205,79 @@ def run_ingest(
     with_labels = adapter.has_labels(found, options)
     writer = TileStoreWriter(out, adapter.spec(found, options), with_labels=with_labels,
                              chunk_tiles=chunk_tiles, shard_chunks=shard_chunks)
-    order = item_order(writer, keys, add=add)
-    book = Bookkeeping.replay(writer.records, legacy=writer.state)
-    source_index = {key: i for i, key in enumerate(order)}
-    # Skipped items are retried on a re-run: the cause (a missing decoder, a file being copied)
-    # may have been fixed since.
-    todo = [item for item in items if item.key not in book.done]
-    empty = np.zeros((0, *writer.group["tiles"].shape[1:]), dtype=writer.spec.dtype)
-    empty_labels = np.zeros(0, dtype=np.int64) if with_labels else None
+    try:
+        order = item_order(writer, keys, add=add)
+        book = Bookkeeping.replay(writer.records, legacy=writer.state)
+        source_index = {key: i for i, key in enumerate(order)}
+        # Skipped items are retried on a re-run: the cause (a missing decoder, a file being
+        # copied) may have been fixed since.
+        todo = [item for item in items if item.key not in book.done]
+        empty = np.zeros((0, *writer.group["tiles"].shape[1:]), dtype=writer.spec.dtype)
+        empty_labels = np.zeros(0, dtype=np.int64) if with_labels else None
 
-    with tqdm(total=len(items), initial=len(items) - len(todo), desc="ingest", unit="item",
-              disable=not progress) as bar:
+        with tqdm(total=len(items), initial=len(items) - len(todo), desc="ingest", unit="item",
+                  disable=not progress) as bar:
 
-        def committed(record: dict[str, Any], reason: str | None = None) -> None:
-            book.apply(record)
-            if reason is not None:  # the report beside the store may name files: unscrubbed
-                book.skipped[record["key"]] = reason
-            bar.update(1)
-            bar.set_postfix(tiles=writer.count, skipped=len(book.skipped), refresh=False)
+            def committed(record: dict[str, Any], reason: str | None = None) -> None:
+                book.apply(record)
+                if reason is not None:  # the report beside the store may name files: unscrubbed
+                    book.skipped[record["key"]] = reason
+                bar.update(1)
+                bar.set_postfix(tiles=writer.count, skipped=len(book.skipped), refresh=False)
 
-        if dask is not None:
-            from domainclust.dask_ingest import ingest_on_dask
+            if dask is not None:
+                from domainclust.dask_ingest import ingest_on_dask
 
-            ingest_on_dask(adapter, todo, options, writer=writer, dask=dask,
-                           source_index=source_index, on_commit=committed)
-        else:
-            for item, result in _results(adapter, todo, options, workers):
-                record = item_record(item, result)
-                if isinstance(result, TileBatch) and len(result.tiles):
-                    writer.append(result.tiles, labels=result.labels, record=record,
-                                  meta=item_meta(result.meta, n=len(result.tiles),
-                                                 source=source_index[item.key]))
-                else:  # nothing usable in the item: commit only the bookkeeping
-                    writer.append(empty, labels=empty_labels, record=record)
-                committed(record, result.reason if isinstance(result, Skipped) else None)
+                ingest_on_dask(adapter, todo, options, writer=writer, dask=dask,
+                               source_index=source_index, on_commit=committed)
+            else:
+                for item, result in _results(adapter, todo, options, workers):
+                    record = item_record(item, result)
+                    if isinstance(result, TileBatch) and len(result.tiles):
+                        writer.append(result.tiles, labels=result.labels, record=record,
+                                      meta=item_meta(result.meta, n=len(result.tiles),
+                                                     source=source_index[item.key]))
+                    else:  # nothing usable in the item: commit only the bookkeeping
+                        writer.append(empty, labels=empty_labels, record=record)
+                    committed(record, result.reason if isinstance(result, Skipped) else None)
 
-    entries = skip_entries(by_key, book.skipped, book.skipped_files)
-    counts = {"items_found": len(items), "items_read": len(book.done),
-              "items_skipped": len(book.skipped), "files_skipped": len(entries),
-              "tiles_written": writer.count, "tiles_dropped": book.dropped}
-    report_path = Path(report) if report is not None else default_report_path(Path(out))
-    full = {**counts, "store": str(out), "skipped": entries}
-    atomic_write_text(report_path, json.dumps(full, indent=2))
-    writer.finish(sources=order, ingest_report=counts)  # no paths, no reasons in the store
-    print_skipped(entries, report_path)
-    if writer.count == 0:
-        raise DomainclustError(
-            f"ingest wrote no tiles to {out}; every item was skipped (see {report_path})"
-        )
-    return full
+        entries = skip_entries(by_key, book.skipped, book.skipped_files)
+        counts = {"items_found": len(items), "items_read": len(book.done),
+                  "items_skipped": len(book.skipped), "files_skipped": len(entries),
+                  "tiles_written": writer.count, "tiles_dropped": book.dropped}
+        report_path = Path(report) if report is not None else default_report_path(Path(out))
+        full = {**counts, "store": str(out), "skipped": entries}
+        atomic_write_text(report_path, json.dumps(full, indent=2))
+        writer.finish(sources=order, ingest_report=counts)  # no paths, no reasons in the store
+        print_skipped(entries, report_path)
+        if writer.count == 0:
+            raise DomainclustError(
+                f"ingest wrote no tiles to {out}; every item was skipped (see {report_path})"
+            )
+        return full
+    finally:
+        writer.close()  # a failed run lets go of the store; a re-run resumes it
+
+
+def check_destinations(*, out: Path, sources: list[Path], report: Path | None) -> None:
+    """Refuse, before anything is read or written, a store or report that would land on or
+    inside the sources, and a report path that is a folder."""
+    target = out.resolve()
+    for source in sources:
+        where = source.resolve()
+        if target == where or (where.is_dir() and target.is_relative_to(where)):
+            raise DomainclustError(
+                f"--out {out} is inside the source {source}; a store written there would mix "
+                "with the files it is made from: choose an --out outside the sources"
+            )
+    if report is not None:
+        report = Path(report)
+        if report.is_dir():
+            raise DomainclustError(f"--report {report} is a folder; give a file path")
+        if report.resolve() in {s.resolve() for s in sources}:
+            raise DomainclustError(f"--report {report} is one of the sources")
+        if not report.parent.is_dir():
+            raise DomainclustError(f"--report {report}: the folder {report.parent} does not exist")
 
 
 def store_key(key: str) -> str:

@@ -37,6 +37,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from domainclust.errors import DomainclustError
+from domainclust.lock import StoreLock
 
 if TYPE_CHECKING:
     import torch
@@ -138,6 +139,11 @@ class CommitLog:
 class TileStoreWriter:
     """Appends batches of tiles; safe to re-open after a crash and continue.
 
+    A writer creates a store only at a new path or in an empty folder, and re-opens (or, with
+    `overwrite`, replaces) only a store domainclust wrote: anything else at `path` is refused
+    and left untouched. One writer at a time: it holds the store's lock until `finish` or
+    `close`, and a second writer is refused, naming the holder.
+
     Each commit may carry a `record` (a small JSON-able dict, e.g. which source item it
     finished); `records` replays them on re-open. `state` is the latest snapshot a commit
     carried, for writers whose whole progress fits in a few bytes.
@@ -158,34 +164,52 @@ class TileStoreWriter:
         self.log = CommitLog(self.path / LOG_NAME)
         self.records: list[dict[str, Any]] = []
         self._state: dict[str, Any] = {}
-        exists = (self.path / "zarr.json").exists()
-        if exists and not overwrite:
-            self.group = zarr.open_group(str(self.path), mode="r+")
-            old = {k: self.group.attrs.get(k) for k in spec.attrs() if k != "provenance"}
-            new = {k: v for k, v in spec.attrs().items() if k != "provenance"}
-            if old != new:
-                raise DomainclustError(
-                    f"{self.path} already holds a store with different settings "
-                    f"({_first_difference(old, new)}); choose another --out or delete it"
-                )
-            self._count = self._replay()
-            self._truncate(self._count)
-        else:
-            self.group = zarr.open_group(str(self.path), mode="w")
-            self.log.reset()
-            c, s = len(spec.channels), spec.tile_size
-            chunk = chunk_tiles or default_chunk_tiles(c, s, spec.dtype)
-            shards = None if not shard_chunks or shard_chunks <= 1 else (chunk * shard_chunks, c, s, s)
-            codec = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
-            self.group.create_array(
-                "tiles", shape=(0, c, s, s), chunks=(chunk, c, s, s), shards=shards,
-                dtype=spec.dtype, compressors=codec,
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock = StoreLock(self.path)
+        self.lock.acquire()  # before looking: another writer may be creating it right now
+        try:
+            # A store of ours without its tiles array was interrupted while being created.
+            started = (self.path / "tiles" / "zarr.json").is_file()
+            if is_our_store(self.path) and started and not overwrite:
+                self._resume()
+            else:
+                self._create(with_labels=with_labels, chunk_tiles=chunk_tiles,
+                             shard_chunks=shard_chunks)
+        except BaseException:
+            self.close()
+            raise
+
+    def _resume(self) -> None:
+        self.group = zarr.open_group(str(self.path), mode="r+")
+        old = {k: self.group.attrs.get(k) for k in self.spec.attrs() if k != "provenance"}
+        new = {k: v for k, v in self.spec.attrs().items() if k != "provenance"}
+        if old != new:
+            raise DomainclustError(
+                f"{self.path} already holds a store with different settings "
+                f"({_first_difference(old, new)}); choose another --out or delete it"
             )
-            if with_labels:
-                self.group.create_array("labels", shape=(0,), chunks=(META_CHUNK,), dtype="int64")
-            self.group.require_group("meta")
-            self.group.attrs.update({**spec.attrs(), "count": 0, "complete": False})
-            self._count = 0
+        self._count = self._replay()
+        self._truncate(self._count)
+
+    def _create(self, *, with_labels: bool, chunk_tiles: int | None,
+                shard_chunks: int | None) -> None:
+        # `mode="w"` empties the folder: `is_our_store` has made sure it is empty or ours.
+        spec = self.spec
+        self.group = zarr.open_group(str(self.path), mode="w",
+                                     attributes={**spec.attrs(), "count": 0, "complete": False})
+        self.log.reset()
+        c, s = len(spec.channels), spec.tile_size
+        chunk = chunk_tiles or default_chunk_tiles(c, s, spec.dtype)
+        shards = None if not shard_chunks or shard_chunks <= 1 else (chunk * shard_chunks, c, s, s)
+        codec = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+        self.group.create_array(
+            "tiles", shape=(0, c, s, s), chunks=(chunk, c, s, s), shards=shards,
+            dtype=spec.dtype, compressors=codec,
+        )
+        if with_labels:
+            self.group.create_array("labels", shape=(0,), chunks=(META_CHUNK,), dtype="int64")
+        self.group.require_group("meta")
+        self._count = 0
 
     def _replay(self) -> int:
         entries = self.log.replay()
@@ -322,10 +346,16 @@ class TileStoreWriter:
         self.group.attrs.update(attrs)
 
     def finish(self, **attrs: Any) -> None:
-        """Mark the store complete; readers refuse incomplete stores."""
+        """Mark the store complete (readers refuse incomplete stores) and let go of it."""
         self.log.close()
         self._truncate(self._count)  # rows reserved for parallel writes but never committed
         self.group.attrs.update({**attrs, "count": self._count, "complete": True})
+        self.close()
+
+    def close(self) -> None:
+        """Stop writing without finishing: what is committed stays, and a re-run resumes."""
+        self.log.close()
+        self.lock.release()
 
     def _truncate(self, count: int) -> None:
         arrays = [self.group["tiles"]]
@@ -336,6 +366,36 @@ class TileStoreWriter:
             if array.shape[0] != count:
                 array.resize((count, *array.shape[1:]))
         self.group.attrs["complete"] = False
+
+
+def is_our_store(path: Path) -> bool:
+    """True for a store domainclust wrote, False for a path free to create one at (absent, or an
+    empty folder); anything else is somebody's data and is refused, never emptied."""
+    if not path.exists():
+        return False
+    if not path.is_dir():
+        raise DomainclustError(f"{path} is a file, not a TileStore; choose another --out")
+    meta = path / "zarr.json"
+    if meta.is_file():
+        try:
+            attrs = json.loads(meta.read_text()).get("attributes", {})
+        except (OSError, ValueError):
+            attrs = {}
+        if "format_version" in attrs and "modality" in attrs:
+            return True
+        raise DomainclustError(
+            f"{path} is a zarr store that domainclust did not write; it is left as it is: "
+            "choose another --out"
+        )
+    entries = sorted(p.name for p in path.iterdir())
+    if entries:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise DomainclustError(
+            f"{path} is an existing folder that is not a TileStore ({len(entries)} entries: "
+            f"{shown}); domainclust writes only into a new folder or a store it made, so it is "
+            "left as it is: choose another --out"
+        )
+    return False
 
 
 def _first_difference(old: dict[str, Any], new: dict[str, Any]) -> str:

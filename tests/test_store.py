@@ -31,7 +31,8 @@ def test_a_subset_store_keeps_tiles_labels_and_records_and_redoes_an_unfinished_
     full = TileStore(tmp_path / "s.zarr")
     idx = np.array([2, 5, 31, 39])
     unfinished = TileStoreWriter(tmp_path / "sub.zarr", spec(), with_labels=True)
-    unfinished.append(tiles(0, 1), labels=np.zeros(1, np.int64))  # interrupted: never finished
+    unfinished.append(tiles(0, 1), labels=np.zeros(1, np.int64))
+    unfinished.close()  # interrupted: never finished
     sub = write_subset(full, idx, tmp_path / "sub.zarr")
     assert sub.n == 4 and sub.attrs["scale"] == full.attrs["scale"]
     assert np.array_equal(sub.read(np.arange(4)), full.read(idx))
@@ -67,6 +68,7 @@ def test_crash_before_commit_loses_nothing_committed_and_resumes(tmp_path) -> No
     zarr.open_group(str(path), mode="r+")["tiles"].append(tiles(40, 25), axis=0)
     with pytest.raises(DomainclustError, match="incomplete"):
         TileStore(path)
+    w.close()  # the process dies
     w = TileStoreWriter(path, spec(), chunk_tiles=16)
     assert w.count == 40 and w.state == {"done": ["f0"]}
     w.append(tiles(40, 25))
@@ -127,6 +129,7 @@ def test_commits_append_to_the_log_and_leave_the_attributes_alone(tmp_path) -> N
     lines = (path / "commits.jsonl").read_text().splitlines()
     assert len(lines) == 50 and json.loads(lines[-1]) == {"count": 50,
                                                          "record": {"key": "f49", "n": 1}}
+    w.close()
     w = TileStoreWriter(path, spec(), chunk_tiles=16)
     assert w.count == 50 and [r["key"] for r in w.records] == [f"f{i}" for i in range(50)]
 
@@ -140,6 +143,7 @@ def test_a_commit_line_torn_by_a_crash_is_not_a_commit(tmp_path) -> None:
     zarr.open_group(str(path), mode="r+")["tiles"].append(tiles(15, 7), axis=0)
     with open(path / "commits.jsonl", "ab") as f:
         f.write(b'{"count":22,"rec')
+    w.close()
     w = TileStoreWriter(path, spec(), chunk_tiles=16)
     assert w.count == 15 and [r["key"] for r in w.records] == ["a", "b"]
     w.append(tiles(15, 3), record={"key": "c"})
@@ -160,7 +164,8 @@ def test_rows_reserved_for_parallel_writers_count_only_once_committed(tmp_path) 
     with pytest.raises(DomainclustError, match="reserved"):
         w.commit_written(40)
     w.commit_written(20, record={"key": "x"})
-    assert TileStoreWriter(path, spec(), chunk_tiles=16).count == 24  # a crash here loses 8
+    w.close()  # a crash here loses the 8 rows reserved past the commit
+    assert TileStoreWriter(path, spec(), chunk_tiles=16).count == 24
     w = TileStoreWriter(path, spec(), chunk_tiles=16)
     w.finish()
     s = TileStore(path)
