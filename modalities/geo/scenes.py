@@ -12,6 +12,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -22,14 +23,27 @@ from rasterio.warp import transform as transform_coords
 from rasterio.windows import Window
 
 from domainclust.errors import DomainclustError
+from domainclust.modalities.geo.bands import match_band_file
 from domainclust.modalities.geo.options import BandRequest
 
+if TYPE_CHECKING:
+    from domainclust.modalities.geo.stack import BandStack
+
 SCENE_SUFFIXES = (".tif", ".tiff")
+BAND_FILE_SUFFIXES = (".jp2",)  # taken from folders only when named like a band file
 STEM = "{stem}"
 
 
 class SceneError(Exception):
-    """One scene cannot be used; the message says why (it goes in the ingest report)."""
+    """One scene cannot be used; the message says why (it goes in the ingest report).
+
+    `files`: (index into the scene's files, reason) when one file of a band-file scene is the
+    cause, so the report names that file.
+    """
+
+    def __init__(self, reason: str, *, files: list[tuple[int, str]] | None = None) -> None:
+        super().__init__(reason)
+        self.files = list(files or [])
 
 
 @dataclass(frozen=True)
@@ -48,21 +62,25 @@ class Scene:
     nodata: tuple[float | None, ...]  # per selected band; None: no nodata value
     gdal_mask: bool  # validity from GDAL's mask band (alpha or per-dataset mask)
     labels: str | None  # aligned single-band label raster
+    stack: BandStack | None = None  # one file per band, stacked onto this grid; None: `path`
 
 
 def find_scene_files(sources: list[Path], *, labels: str | None) -> list[Path]:
-    """Files given, plus every .tif/.tiff under the folders given; label rasters left out."""
+    """Files given, plus every .tif/.tiff (and band-named .jp2) under the folders given; label
+    rasters left out."""
     found: list[Path] = []
     for source in sources:
         if not source.exists():
             raise DomainclustError(f"{source} does not exist; give GeoTIFF files or folders")
         if source.is_dir():
-            files = sorted(p for p in source.rglob("*")
-                           if p.is_file() and p.suffix.lower() in SCENE_SUFFIXES)
+            files = sorted(p for p in source.rglob("*") if p.is_file() and (
+                p.suffix.lower() in SCENE_SUFFIXES
+                or (p.suffix.lower() in BAND_FILE_SUFFIXES and match_band_file(p) is not None)))
             if not files:
                 raise DomainclustError(
-                    f"folder {source} holds no GeoTIFF (.tif/.tiff) files; remove it from the "
-                    "command or point to the folder that holds the scenes"
+                    f"folder {source} holds no GeoTIFF (.tif/.tiff) files nor Sentinel-2 band "
+                    "files (*_B02.jp2, ...); remove it from the command or point to the folder "
+                    "that holds the scenes"
                 )
             found += files
         else:
@@ -240,18 +258,6 @@ def read_window(
     if scene.gdal_mask:
         valid &= (src.read_masks(list(indexes), window=window) > 0).all(axis=0)
     return data, valid
-
-
-def scene_has_valid_pixel(scene: Scene, *, block: int = 1024) -> bool:
-    """Exact check, one band, block by block: a pixel is valid only if its first band is."""
-    with rasterio.open(scene.path) as src:
-        for row in range(0, scene.height, block):
-            for col in range(0, scene.width, block):
-                window = Window(col, row, min(block, scene.width - col),
-                                min(block, scene.height - row))
-                if read_window(src, scene, window, bands=scene.bands[:1])[1].any():
-                    return True
-    return False
 
 
 def gdal_message(exc: BaseException) -> str:

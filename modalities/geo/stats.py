@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import rasterio
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 from tqdm.auto import tqdm
 
-from domainclust.modalities.geo.scenes import Scene, gdal_message, read_window, tile_grid
+from domainclust.modalities.geo.reader import open_scene
+from domainclust.modalities.geo.scenes import Scene, gdal_message, tile_grid
 
 # Float range a stretched (non-lossless) store keeps at least: uint16 keeps values far outside
 # the percentile range (clouds, water, saturation), widened per band to the sample's extremes
@@ -158,9 +158,9 @@ def _sample_scene(
     out: list[np.ndarray] = []
     extremes: list[np.ndarray] = []
     n_valid = 0
-    with rasterio.open(scene.path) as src:
+    with open_scene(scene) as reader:
         for row, col in origins:
-            data, valid = read_window(src, scene, Window(col, row, tile_size, tile_size))
+            data, valid = reader.read(Window(col, row, tile_size, tile_size))
             values = data[:, valid].T.astype(np.float32)  # (n_valid, C)
             n_valid += len(values)
             if len(values):

@@ -1,0 +1,107 @@
+"""Windowed reads of a scene, whichever way it is stored: one multi-band file or one file per band.
+
+Both give the same thing: (B, h, w) pixels on the scene's grid and an (h, w) validity mask.
+For a band-file scene a band already on the grid is read as is; any other goes through a GDAL
+warped VRT onto the grid (bilinear; its alpha band marks pixels the band does not cover or
+holds as nodata), and the QA band (nearest, so bits are never blended) removes fill and cloud.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Protocol
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.io import DatasetReader
+from rasterio.transform import Affine
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from domainclust.modalities.geo.qa import unusable
+from domainclust.modalities.geo.scenes import Scene, read_window, valid_pixels
+from domainclust.modalities.geo.stack import BandStack
+
+
+class WindowReader(Protocol):
+    def read(self, window: Window, *, first_band_only: bool = False
+             ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class FileReader:
+    """A scene that is one raster file."""
+
+    def __init__(self, src: DatasetReader, scene: Scene) -> None:
+        self.src, self.scene = src, scene
+
+    def read(self, window: Window, *, first_band_only: bool = False
+             ) -> tuple[np.ndarray, np.ndarray]:
+        bands = self.scene.bands[:1] if first_band_only else None
+        return read_window(self.src, self.scene, window, bands=bands)
+
+
+class StackReader:
+    """A scene of band files: each band read on, or warped onto, the scene's grid."""
+
+    def __init__(self, stack: BandStack, bands: list[DatasetReader | WarpedVRT],
+                 qa: DatasetReader | WarpedVRT | None) -> None:
+        self.stack, self.bands, self.qa = stack, bands, qa
+
+    def read(self, window: Window, *, first_band_only: bool = False
+             ) -> tuple[np.ndarray, np.ndarray]:
+        n = 1 if first_band_only else len(self.bands)
+        planes = []
+        valid = np.ones((int(window.height), int(window.width)), dtype=bool)
+        for info, src in zip(self.stack.files[:n], self.bands[:n], strict=True):
+            plane = src.read(1, window=window)
+            if info.on_grid:
+                valid &= valid_pixels(plane[None], (info.nodata,))
+            else:
+                valid &= src.read_masks(1, window=window) > 0
+            planes.append(plane)
+        if self.qa is not None and self.stack.qa is not None:
+            valid &= ~unusable(self.qa.read(1, window=window), self.stack.qa.layout)
+            if not self.stack.qa.on_grid:
+                valid &= self.qa.read_masks(1, window=window) > 0
+        return np.stack(planes), valid
+
+
+@contextmanager
+def open_scene(scene: Scene) -> Iterator[WindowReader]:
+    """A reader of windows of `scene` (its files stay open until the block ends)."""
+    if scene.stack is None:
+        with rasterio.open(scene.path) as src:
+            yield FileReader(src, scene)
+        return
+    with ExitStack() as files:
+        def on_grid(path: str, *, fits: bool, resampling: str, nodata: float | None
+                    ) -> DatasetReader | WarpedVRT:
+            src = files.enter_context(rasterio.open(path))
+            if fits:
+                return src
+            return files.enter_context(WarpedVRT(
+                src, crs=scene.crs, transform=Affine(*scene.transform), width=scene.width,
+                height=scene.height, resampling=Resampling[resampling], src_nodata=nodata,
+                add_alpha=True))
+
+        stack = scene.stack
+        bands = [on_grid(f.path, fits=f.on_grid, resampling=f.resampling, nodata=f.nodata)
+                 for f in stack.files]
+        qa = None if stack.qa is None else on_grid(
+            stack.qa.path, fits=stack.qa.on_grid, resampling=Resampling.nearest.name,
+            nodata=None)
+        yield StackReader(stack, bands, qa)
+
+
+def scene_has_valid_pixel(scene: Scene, *, block: int = 1024) -> bool:
+    """Exact check, one band, block by block: a pixel is valid only if its first band is."""
+    with open_scene(scene) as reader:
+        for row in range(0, scene.height, block):
+            for col in range(0, scene.width, block):
+                window = Window(col, row, min(block, scene.width - col),
+                                min(block, scene.height - row))
+                if reader.read(window, first_band_only=True)[1].any():
+                    return True
+    return False
