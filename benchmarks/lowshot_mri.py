@@ -17,6 +17,15 @@ Every variant is pretrained on the training blocks and scored on the validation 
 variant with the best mean pretrained top-1 over the shot counts of `--select-shots` is then
 pretrained on training + validation blocks and scored once on the test blocks. Finished runs
 are kept and not run again.
+
+Other subjects as the pretraining pool: `--other colin27=/usr/share/mricron/templates/ch2.nii.gz`
+(Debian `mricron-data`: Colin27, one person's T1 at 1 mm) ingests that volume with the same
+options, every slice, into OUT/colin27.zarr, and a variant pretrains on it instead of the scored
+brain's training blocks with `store=OUT/colin27.zarr`. Scoring, standardisation and the split
+stay on the MNI152 template, so such a variant is tested across subjects:
+
+    python benchmarks/lowshot_mri.py --out runs/mri --other colin27=/usr/share/mricron/templates/ch2.nii.gz \
+        --variant 'own:' --variant 'colin27:store=runs/mri/colin27.zarr;subset_size=4000'
 """
 
 from __future__ import annotations
@@ -105,6 +114,16 @@ def prepare(out: Path, *, tile: int, stride: int, slice_stride: int, block: int,
     return {"store": store.path, "labels": labels_path, "stages": write_stages(store, stages, out)}
 
 
+def ingest_other(out: Path, spec: str, *, tile: int, stride: int) -> Path:
+    """`NAME=PATH` → the volume at PATH ingested, every slice, into OUT/NAME.zarr (unlabelled)."""
+    name, _, path = spec.partition("=")
+    store = out / f"{name}.zarr"
+    get_modality("mri").ingest([Path(path)], store, progress=False, workers=1,  # or resume
+                               options={"tile_size": tile, "stride": stride})
+    print(f"pretraining pool {name}: {TileStore(store).n} tiles from {Path(path).name}")
+    return store
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("runs/mri"))
@@ -122,7 +141,11 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=16, help="mm of axial slices per split block")
     ap.add_argument("--gap", type=int, default=4, help="mm kept between training and held-out")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--other", action="append", default=[],
+                    help="NAME=PATH: a volume of another subject, ingested as a pretraining pool")
     args = ap.parse_args()
+    for other in args.other:
+        ingest_other(args.out, other, tile=args.tile, stride=args.stride)
     prepared = prepare(args.out, tile=args.tile, stride=args.stride,
                        slice_stride=args.slice_stride, block=args.block, gap=args.gap,
                        seed=args.seed)
