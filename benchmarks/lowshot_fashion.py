@@ -1,0 +1,181 @@
+"""Fashion-MNIST: how low-shot accuracy of DeepCluster features grows with the unlabelled pool.
+
+The 60 000 train and 10 000 t10k photos of Debian's `dataset-fashion-mnist` (28 px grey
+photos of clothing, 10 balanced classes) are ingested once by the mnist adapter, which records
+each photo's set. For every `--pool` size P the first P train photos, without their labels,
+are the pretraining pool; a pool larger than `--subset` is pretrained on `subset_size` of them
+per epoch. The last `--val` train photos are validation and in no pool; the t10k photos (a
+seeded sample of `--max-test`) are the test photos. Every variant (the mnist recipe plus its
+overrides) is pretrained on the pool and scored on validation at `--select-shots`; the one with
+the best mean pretrained top-1 there is scored once on test (`lowshot.select_then_test`), with
+shots drawn from the pool. Both stages share the pool, so the test stage resumes the selection
+run's finished checkpoint instead of pretraining again. The chosen network is also scored by
+the demo's 20-NN rows against random init and raw pixels: the labelled bank is the first
+`--knn-bank` train photos (in every pool), the layer chosen on a validation part of the bank.
+
+    python benchmarks/lowshot_fashion.py --out runs/fashion --pool 5000,20000,55000 \
+        --common 'epochs=10' --variant 'recipe:' --variant 'k50:k=50'
+
+Finished runs are kept and not run again; the tables also go to OUT/summary.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from lowshot import parse_variants, select_then_test, summary, top1
+
+from domainclust.demo import evaluate_rows
+from domainclust.errors import DomainclustError
+from domainclust.evaluation.data import Split, save_split
+from domainclust.evaluation.inputs import open_inputs
+from domainclust.evaluation.models import fresh_network
+from domainclust.modality import get_modality
+from domainclust.rundir import RunDir
+from domainclust.store import TileStore, write_subset
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "mnist.yaml"
+DATA = Path("/usr/share/datasets/fashion-mnist")
+
+
+def prepare(out: Path, *, data: Path, val: int, max_test: int | None, seed: int
+            ) -> tuple[TileStore, Path, np.ndarray, np.ndarray, np.ndarray]:
+    """The store, its labels file, and the train, validation and test photo indices."""
+    if not (data / "train-images-idx3-ubyte.gz").is_file():
+        raise DomainclustError(f"no Fashion-MNIST in {data}: apt-get install "
+                               "dataset-fashion-mnist, or give its folder with --data")
+    out.mkdir(parents=True, exist_ok=True)
+    get_modality("mnist").ingest([data], out / "fashion.zarr", options={}, workers=1,
+                                 progress=False)
+    store = TileStore(out / "fashion.zarr")
+    sets = np.asarray(store.meta("set"))
+    names = store.attrs["provenance"]["sets"]
+    train, test = (np.flatnonzero(sets == names.index(n)) for n in ("train", "t10k"))
+    if max_test is not None and len(test) > max_test:
+        test = np.sort(np.random.default_rng(seed).choice(test, size=max_test, replace=False))
+    labels = out / "labels.npy"
+    np.save(labels, np.asarray(store.labels))
+    return store, labels, train[:-val], train[-val:], test
+
+
+def pool_stages(store: TileStore, photos: np.ndarray, *, val: np.ndarray, test: np.ndarray,
+                out: Path) -> dict[str, tuple[Path, Path]]:
+    """One pool of `photos` for both stages: scored on validation (`select`) and on test."""
+    pool = write_subset(store, photos, out / "pool.zarr")
+    stages = {}
+    for stage, held in (("select", val), ("test", test)):
+        split = Split(train=photos, test=held, source=f"first {len(photos)} train photos / "
+                      f"{len(held)} {'validation' if stage == 'select' else 't10k'} photos")
+        save_split(out / f"{stage}-split.npz", split)
+        stages[stage] = (out / f"{stage}-split.npz", Path(pool.path))
+        print(f"{stage}: {split.describe()}", flush=True)
+    return stages
+
+
+def share_checkpoints(out: Path, names: list[str]) -> None:
+    """Point each variant's test-stage checkpoints at its selection run (same pool, same
+    config), so the chosen variant is scored on test without being pretrained twice."""
+    for name in names:
+        link = out / "test" / name / "checkpoints"
+        if not link.is_symlink():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(Path("..") / ".." / "select" / name / "checkpoints")
+
+
+def chosen_variant(out: Path, names: list[str], rank_shots: list[int]) -> str:
+    """The variant `select_then_test` chose: best summed pretrained top-1 on validation."""
+    results = {n: json.loads((out / "select" / n / "eval" / "finetune.json").read_text())
+               for n in names}
+    return max(results, key=lambda n: sum(top1(results[n], "pretrained", s) for s in rank_shots))
+
+
+def epoch_seconds(run: Path) -> float:
+    history = RunDir(run).read_metrics()
+    return float(np.mean([sum(r["seconds"].values()) for r in history]))
+
+
+def knn_rows(run: Path, store: TileStore, *, bank: np.ndarray, test: np.ndarray, seed: int
+             ) -> dict[str, dict]:
+    """The demo's 20-NN rows (raw pixels, random init, pretrained) on the test photos."""
+    inputs = open_inputs(run, store.path, labels_path=None, device="auto")
+    random_init = fresh_network(inputs.trained.spec, n_outputs=10, seed=seed,
+                                device=inputs.device)
+    return evaluate_rows({"random_init": random_init, "pretrained": inputs.trained.model},
+                         inputs.store, split=Split(train=bank, test=test, source="fixed"),
+                         seed=seed, device=inputs.device, progress=False)
+
+
+def report(pool: int, *, subset: int | None, chosen: str, epochs: int, seconds: float,
+           result: dict, knn: dict[str, dict], n_bank: int) -> str:
+    """One pool size in markdown: the chosen variant's low-shot rows and 20-NN rows on test."""
+    regime = f", {subset} per epoch" if subset else ""
+    title = (f"### pool of {pool} train photos{regime}: {chosen}, {epochs} epochs, "
+             f"{seconds:.1f} s/epoch")
+    linear = (f"linear low-shot top-1 (%) on {result['n_test']} test photos, "
+              f"{result['settings']['repeats']} repeats; verdict: difference [95% CI]")
+    neighbours = (f"20-NN on the same test photos, bank of {n_bank} labelled train photos, "
+                  "layer chosen on a validation part of the bank")
+    rows = [f"| {n} | {r['layer']} | {100 * r['knn_accuracy']:.1f}% |" for n, r in knn.items()]
+    return "\n".join([title, "", linear, "", summary({chosen: result}), "", neighbours, "",
+                      "| features | layer | 20-NN top-1 |", "|---|---|---:|", *rows])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("runs/fashion"))
+    ap.add_argument("--data", type=Path, default=DATA, help="folder of the IDX files")
+    ap.add_argument("--recipe", type=Path, default=RECIPE)
+    ap.add_argument("--pool", default="5000,20000,55000", help="pretraining pool sizes")
+    ap.add_argument("--subset", type=int, default=20000,
+                    help="larger pools are pretrained on this many photos per epoch")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="NAME:key=value;key=value (mnist recipe overrides)")
+    ap.add_argument("--common", default="",
+                    help="key=value;... applied to every variant (e.g. fewer epochs)")
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--shots", default="1,5,10")
+    ap.add_argument("--select-shots", default="5,10")
+    ap.add_argument("--val", type=int, default=5000, help="last train photos, in no pool")
+    ap.add_argument("--max-test", type=int, default=None, help="sample of the t10k photos")
+    ap.add_argument("--knn-bank", type=int, default=5000, help="labelled photos of the 20-NN")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    store, labels, train, val, test = prepare(args.out, data=args.data, val=args.val,
+                                              max_test=args.max_test, seed=args.seed)
+    shots, rank_shots = ([int(s) for s in a.split(",")] for a in (args.shots, args.select_shots))
+    sections = []
+    for asked in sorted({int(p) for p in args.pool.split(",")}):
+        pool = min(asked, len(train))
+        if pool < asked:
+            print(f"pool {asked} capped at {pool}: the last {args.val} train photos validate")
+        subset = args.subset if pool > args.subset else None
+        common = f"{args.common};subset_size={subset}" if subset else args.common
+        variants = parse_variants(args.variant, common=common)
+        out = args.out / f"pool-{pool}"
+        print(f"## pool {pool}: {list(variants)}", flush=True)
+        stages = pool_stages(store, train[:pool], val=val, test=test, out=out)
+        share_checkpoints(out, list(variants))
+        select_then_test(variants, stages=stages, recipe=args.recipe, out=out,
+                         store=Path(store.path),
+                         labels=labels, repeats=args.repeats, shots=shots,
+                         rank_shots=rank_shots)
+        chosen = chosen_variant(out, list(variants), rank_shots)
+        run = out / "select" / chosen
+        result = json.loads((out / "test" / chosen / "eval" / "finetune.json").read_text())
+        knn = knn_rows(run, store, bank=train[:min(args.knn_bank, pool)], test=test,
+                       seed=args.seed)
+        history = RunDir(run).read_metrics()
+        sections.append(report(pool, subset=subset, chosen=chosen, epochs=len(history),
+                               seconds=epoch_seconds(run), result=result, knn=knn,
+                               n_bank=min(args.knn_bank, pool)))
+        print(sections[-1], flush=True)
+    (args.out / "summary.md").write_text("\n\n".join(sections) + "\n")
+    print(f"\n{' '.join(sys.argv)}\n\n" + "\n\n".join(sections))
+
+
+if __name__ == "__main__":
+    main()
