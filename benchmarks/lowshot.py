@@ -3,6 +3,7 @@ tiles and scored by `domainclust finetune`'s protocol on a fixed split."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -15,6 +16,24 @@ from domainclust.modality import load_recipe
 from domainclust.store import TileStore, write_subset
 
 METHODS = ("raw_pixels", "channel_stats", "random_init", "pretrained")
+
+
+def shot_counts(text: str) -> list[int]:
+    """`1,5,10` → [1, 5, 10]."""
+    return [int(s) for s in text.split(",")]
+
+
+def add_driver_arguments(ap: argparse.ArgumentParser, *, recipe: str, out: str) -> None:
+    """The options every low-shot benchmark takes: output folder, variants, repeats, shots."""
+    ap.add_argument("--out", type=Path, default=Path(out))
+    ap.add_argument("--variant", action="append", default=[],
+                    help=f"NAME:key=value;key=value ({recipe} recipe overrides)")
+    ap.add_argument("--common", default="",
+                    help="key=value;... applied to every variant (e.g. fewer epochs)")
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--shots", type=shot_counts, default=[1, 5, 10])
+    ap.add_argument("--select-shots", type=shot_counts, default=[5, 10],
+                    help="shot counts ranked on the validation tiles")
 
 
 def parse_variants(items: list[str], *, common: str = "") -> dict[str, list[str]]:
@@ -78,10 +97,11 @@ def write_stages(store: TileStore, splits: dict[str, Split], out: Path) -> dict[
 
 def select_then_test(variants: dict[str, list[str]], *, stages: dict[str, tuple], recipe: Path,
                      out: Path, store: Path, labels: Path, repeats: int, shots: list[int],
-                     rank_shots: list[int], max_test: int | None = None) -> None:
+                     rank_shots: list[int], max_test: int | None = None) -> tuple[str, dict]:
     """Every variant pretrained on the `select` pool and scored at `rank_shots` on validation
     tiles; the one with the best mean pretrained top-1 there is then pretrained on the `test`
-    pool and scored once at `shots` on the test tiles, so nothing is chosen on the test split."""
+    pool and scored once at `shots` on the test tiles, so nothing is chosen on the test split.
+    Returns the chosen variant and its test result."""
     def run(stage: str, name: str) -> dict:
         split, pool = stages[stage]
         return run_variant(name, variants[name], recipe=recipe, run=out / stage / name,
@@ -95,4 +115,6 @@ def select_then_test(variants: dict[str, list[str]], *, stages: dict[str, tuple]
     chosen = max(selection, key=lambda n: sum(top1(selection[n], "pretrained", s)
                                               for s in rank_shots))
     print(f"validation tiles:\n{summary(selection)}\nchosen on validation: {chosen}")
-    print(f"test tiles, scored once:\n{summary({chosen: run('test', chosen)})}")
+    tested = run("test", chosen)
+    print(f"test tiles, scored once:\n{summary({chosen: tested})}")
+    return chosen, tested

@@ -22,12 +22,11 @@ Finished runs are kept and not run again; the tables also go to OUT/summary.md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
-from lowshot import parse_variants, select_then_test, summary, top1
+from lowshot import add_driver_arguments, parse_variants, select_then_test, summary
 
 from domainclust.demo import evaluate_rows
 from domainclust.errors import DomainclustError
@@ -86,18 +85,6 @@ def share_checkpoints(out: Path, names: list[str]) -> None:
             link.symlink_to(Path("..") / ".." / "select" / name / "checkpoints")
 
 
-def chosen_variant(out: Path, names: list[str], rank_shots: list[int]) -> str:
-    """The variant `select_then_test` chose: best summed pretrained top-1 on validation."""
-    results = {n: json.loads((out / "select" / n / "eval" / "finetune.json").read_text())
-               for n in names}
-    return max(results, key=lambda n: sum(top1(results[n], "pretrained", s) for s in rank_shots))
-
-
-def epoch_seconds(run: Path) -> float:
-    history = RunDir(run).read_metrics()
-    return float(np.mean([sum(r["seconds"].values()) for r in history]))
-
-
 def knn_rows(run: Path, store: TileStore, *, bank: np.ndarray, test: np.ndarray, seed: int
              ) -> dict[str, dict]:
     """The demo's 20-NN rows (raw pixels, random init, pretrained) on the test photos."""
@@ -109,11 +96,12 @@ def knn_rows(run: Path, store: TileStore, *, bank: np.ndarray, test: np.ndarray,
                          seed=seed, device=inputs.device, progress=False)
 
 
-def report(pool: int, *, subset: int | None, chosen: str, epochs: int, seconds: float,
-           result: dict, knn: dict[str, dict], n_bank: int) -> str:
+def report(pool: int, *, subset: int | None, chosen: str, history: list[dict], result: dict,
+           knn: dict[str, dict], n_bank: int) -> str:
     """One pool size in markdown: the chosen variant's low-shot rows and 20-NN rows on test."""
     regime = f", {subset} per epoch" if subset else ""
-    title = (f"### pool of {pool} train photos{regime}: {chosen}, {epochs} epochs, "
+    seconds = np.mean([sum(r["seconds"].values()) for r in history])
+    title = (f"### pool of {pool} train photos{regime}: {chosen}, {len(history)} epochs, "
              f"{seconds:.1f} s/epoch")
     linear = (f"linear low-shot top-1 (%) on {result['n_test']} test photos, "
               f"{result['settings']['repeats']} repeats; verdict: difference [95% CI]")
@@ -126,19 +114,12 @@ def report(pool: int, *, subset: int | None, chosen: str, epochs: int, seconds: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("runs/fashion"))
+    add_driver_arguments(ap, recipe="mnist", out="runs/fashion")
     ap.add_argument("--data", type=Path, default=DATA, help="folder of the IDX files")
     ap.add_argument("--recipe", type=Path, default=RECIPE)
     ap.add_argument("--pool", default="5000,20000,55000", help="pretraining pool sizes")
     ap.add_argument("--subset", type=int, default=20000,
                     help="larger pools are pretrained on this many photos per epoch")
-    ap.add_argument("--variant", action="append", default=[],
-                    help="NAME:key=value;key=value (mnist recipe overrides)")
-    ap.add_argument("--common", default="",
-                    help="key=value;... applied to every variant (e.g. fewer epochs)")
-    ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--shots", default="1,5,10")
-    ap.add_argument("--select-shots", default="5,10")
     ap.add_argument("--val", type=int, default=5000, help="last train photos, in no pool")
     ap.add_argument("--max-test", type=int, default=None, help="sample of the t10k photos")
     ap.add_argument("--knn-bank", type=int, default=5000, help="labelled photos of the 20-NN")
@@ -146,7 +127,6 @@ def main() -> None:
     args = ap.parse_args()
     store, labels, train, val, test = prepare(args.out, data=args.data, val=args.val,
                                               max_test=args.max_test, seed=args.seed)
-    shots, rank_shots = ([int(s) for s in a.split(",")] for a in (args.shots, args.select_shots))
     sections = []
     for asked in sorted({int(p) for p in args.pool.split(",")}):
         pool = min(asked, len(train))
@@ -159,19 +139,15 @@ def main() -> None:
         print(f"## pool {pool}: {list(variants)}", flush=True)
         stages = pool_stages(store, train[:pool], val=val, test=test, out=out)
         share_checkpoints(out, list(variants))
-        select_then_test(variants, stages=stages, recipe=args.recipe, out=out,
-                         store=Path(store.path),
-                         labels=labels, repeats=args.repeats, shots=shots,
-                         rank_shots=rank_shots)
-        chosen = chosen_variant(out, list(variants), rank_shots)
+        chosen, result = select_then_test(
+            variants, stages=stages, recipe=args.recipe, out=out, store=Path(store.path),
+            labels=labels, repeats=args.repeats, shots=args.shots, rank_shots=args.select_shots)
         run = out / "select" / chosen
-        result = json.loads((out / "test" / chosen / "eval" / "finetune.json").read_text())
-        knn = knn_rows(run, store, bank=train[:min(args.knn_bank, pool)], test=test,
-                       seed=args.seed)
-        history = RunDir(run).read_metrics()
-        sections.append(report(pool, subset=subset, chosen=chosen, epochs=len(history),
-                               seconds=epoch_seconds(run), result=result, knn=knn,
-                               n_bank=min(args.knn_bank, pool)))
+        n_bank = min(args.knn_bank, pool)
+        knn = knn_rows(run, store, bank=train[:n_bank], test=test, seed=args.seed)
+        sections.append(report(pool, subset=subset, chosen=chosen,
+                               history=RunDir(run).read_metrics(), result=result, knn=knn,
+                               n_bank=n_bank))
         print(sections[-1], flush=True)
     (args.out / "summary.md").write_text("\n\n".join(sections) + "\n")
     print(f"\n{' '.join(sys.argv)}\n\n" + "\n\n".join(sections))

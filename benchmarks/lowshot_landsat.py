@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from lowshot import parse_variants, select_then_test, write_stages
+from lowshot import add_driver_arguments, parse_variants, select_then_test, write_stages
 
 from domainclust.evaluation.data import (
     Split, class_counts, grouped_split, labels_within, store_split, tile_groups)
@@ -88,15 +88,7 @@ def prepare(out: Path, *, min_tiles: int, val_fraction: float, seed: int) -> dic
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("runs/landsat"))
-    ap.add_argument("--variant", action="append", default=[],
-                    help="NAME:key=value;key=value (landsat recipe overrides)")
-    ap.add_argument("--common", default="",
-                    help="key=value;... applied to every variant (e.g. fewer epochs)")
-    ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--shots", default="1,5,10")
-    ap.add_argument("--select-shots", default="5,10",
-                    help="shot counts ranked on the validation tiles")
+    add_driver_arguments(ap, recipe="landsat", out="runs/landsat")
     ap.add_argument("--val-fraction", type=float, default=0.25)
     ap.add_argument("--min-tiles", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
@@ -106,8 +98,7 @@ def main() -> None:
     variants = parse_variants(args.variant, common=args.common)
     select_then_test(variants, stages=prepared["stages"], recipe=RECIPE, out=args.out,
                      store=prepared["store"], labels=prepared["labels"], repeats=args.repeats,
-                     shots=[int(s) for s in args.shots.split(",")],
-                     rank_shots=[int(s) for s in args.select_shots.split(",")])
+                     shots=args.shots, rank_shots=args.select_shots)
 
 
 if __name__ == "__main__":

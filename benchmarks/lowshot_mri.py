@@ -24,7 +24,8 @@ options, every slice, into OUT/colin27.zarr, and a variant pretrains on it inste
 brain's training blocks with `store=OUT/colin27.zarr`. Scoring, standardisation and the split
 stay on the MNI152 template, so such a variant is tested across subjects:
 
-    python benchmarks/lowshot_mri.py --out runs/mri --other colin27=/usr/share/mricron/templates/ch2.nii.gz \
+    python benchmarks/lowshot_mri.py --out runs/mri \
+        --other colin27=/usr/share/mricron/templates/ch2.nii.gz \
         --variant 'own:' --variant 'colin27:store=runs/mri/colin27.zarr;subset_size=4000'
 """
 
@@ -35,7 +36,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-from lowshot import parse_variants, select_then_test, write_stages
+from lowshot import add_driver_arguments, parse_variants, select_then_test, write_stages
 
 from domainclust.evaluation.data import Split
 from domainclust.modality import get_modality
@@ -126,14 +127,7 @@ def ingest_other(out: Path, spec: str, *, tile: int, stride: int) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("runs/mri"))
-    ap.add_argument("--variant", action="append", default=[],
-                    help="NAME:key=value;key=value (mri recipe overrides)")
-    ap.add_argument("--common", default="",
-                    help="key=value;... applied to every variant (e.g. fewer epochs)")
-    ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--shots", default="1,5,10")
-    ap.add_argument("--select-shots", default="5,10")
+    add_driver_arguments(ap, recipe="mri", out="runs/mri")
     ap.add_argument("--max-test", type=int, default=600)
     ap.add_argument("--tile", type=int, default=32)
     ap.add_argument("--stride", type=int, default=16)
@@ -152,9 +146,7 @@ def main() -> None:
     variants = parse_variants(args.variant, common=args.common)
     select_then_test(variants, stages=prepared["stages"], recipe=RECIPE, out=args.out,
                      store=prepared["store"], labels=prepared["labels"], repeats=args.repeats,
-                     shots=[int(s) for s in args.shots.split(",")],
-                     rank_shots=[int(s) for s in args.select_shots.split(",")],
-                     max_test=args.max_test)
+                     shots=args.shots, rank_shots=args.select_shots, max_test=args.max_test)
 
 
 if __name__ == "__main__":

@@ -55,17 +55,25 @@ class StackReader:
         planes = []
         valid = np.ones((int(window.height), int(window.width)), dtype=bool)
         for info, src in zip(self.stack.files[:n], self.bands[:n], strict=True):
-            plane = src.read(1, window=window)
-            if info.on_grid:
-                valid &= valid_pixels(plane[None], (info.nodata,))
-            else:
-                valid &= src.read_masks(1, window=window) > 0
+            plane, covered = _read(src, window, on_grid=info.on_grid)
+            valid &= valid_pixels(plane[None], (info.nodata,)) if covered is None else covered
             planes.append(plane)
         if self.qa is not None and self.stack.qa is not None:
-            valid &= ~unusable(self.qa.read(1, window=window), self.stack.qa.layout)
-            if not self.stack.qa.on_grid:
-                valid &= self.qa.read_masks(1, window=window) > 0
+            qa, covered = _read(self.qa, window, on_grid=self.stack.qa.on_grid)
+            valid &= ~unusable(qa, self.stack.qa.layout)
+            if covered is not None:
+                valid &= covered
         return np.stack(planes), valid
+
+
+def _read(src: DatasetReader | WarpedVRT, window: Window, *, on_grid: bool
+          ) -> tuple[np.ndarray, np.ndarray | None]:
+    """A band's window, and for a warped band where the warp covered it: the band and the VRT's
+    alpha come from one read, so each window is warped once."""
+    if on_grid:
+        return src.read(1, window=window), None
+    plane, alpha = src.read(window=window)
+    return plane, alpha > 0
 
 
 @contextmanager
