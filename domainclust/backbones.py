@@ -16,10 +16,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from domainclust.config import ARCHS, STEMS, one_of
 from domainclust.errors import DomainclustError
 
-ARCHS = ("alexnet", "vgg16", "resnet18", "resnet50")
-STEMS = ("imagenet", "stride2", "stride1")
 MIN_TILE = 28
 MIN_MAP = 2  # the last spatial map must be at least this many pixels on a side
 
@@ -231,7 +230,7 @@ def build_backbone(*, arch: str, in_channels: int, tile_size: int, stem: str = "
                    width: float = 1.0, dropout: float = 0.5) -> nn.Module:
     """The backbone for `arch` with `stem`, refusing one whose last map would be below 2x2."""
     if stem not in STEMS:
-        raise DomainclustError(f"unknown stem '{stem}'; choose auto or one of {', '.join(STEMS)}")
+        raise DomainclustError(f"unknown stem '{stem}'; choose auto, {one_of(STEMS)}")
     check_tile_size(tile_size)
     if arch == "alexnet":
         net: nn.Module = AlexNetBN(in_channels=in_channels, tile_size=tile_size, stem=stem,
@@ -243,7 +242,7 @@ def build_backbone(*, arch: str, in_channels: int, tile_size: int, stem: str = "
         net = ResNetTrunk(depth=int(arch[6:]), in_channels=in_channels, tile_size=tile_size,
                           stem=stem, width=width)
     else:
-        raise DomainclustError(f"unknown architecture '{arch}'; choose one of {', '.join(ARCHS)}")
+        raise DomainclustError(f"unknown architecture '{arch}'; choose {one_of(ARCHS)}")
     if net.final_side < MIN_MAP:
         raise DomainclustError(
             f"{arch} with the {stem} stem leaves its last stage less than 2x2 pixels "

@@ -1,4 +1,5 @@
-"""`domainclust recipe ...`: the paper's reference recipes, run by name and compared with it."""
+"""`domainclust recipe ...`: the shipped recipes by name (the domain ones and the paper's); the
+paper's run and compared with it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import typer
 import yaml
 
 recipe_app = typer.Typer(no_args_is_help=True,
-                         help="The paper's reference recipes: list, show, run, compare.")
+                         help="The shipped recipes (domain and the paper's): list, show, run, "
+                              "compare.")
 
 SET = typer.Option([], "--set", help="pretraining config key=value (epochs, k, ...); repeatable")
 EVAL_SET = typer.Option([], "--eval-set", help="evaluation setting key=value (steps, repeats, "
@@ -18,11 +20,11 @@ EVAL_SET = typer.Option([], "--eval-set", help="evaluation setting key=value (st
 
 @recipe_app.command("list")
 def list_recipes() -> None:
-    """The bundled reference recipes: pretraining models, then evaluation protocols."""
+    """The shipped recipes: domain configs, the paper's models, then its protocols."""
     from domainclust.replication.recipes import load_recipe, recipe_names
 
     recipes = [load_recipe(n) for n in recipe_names()]
-    for kind in ("pretrain", "evaluation", "replication"):
+    for kind in ("domain", "pretrain", "evaluation", "replication"):
         typer.echo(f"{kind}:")
         for r in recipes:
             if r.kind == kind:

@@ -11,11 +11,38 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from domainclust.errors import DomainclustError
+
+# The allowed values of the settings that name a choice: the one list every module checks against.
+Arch = Literal["alexnet", "vgg16", "resnet18", "resnet50"]
+Stem = Literal["auto", "imagenet", "stride2", "stride1"]  # auto: from the tile size
+Frontend = Literal["none", "sobel", "sobel-per-channel", "sobel-level"]
+ClusterMethod = Literal["kmeans", "pic"]
+ClusterBackend = Literal["auto", "faiss", "cuvs", "torch"]  # auto: the first that works here
+ClusterFeatures = Literal["pre-relu", "post-relu"]
+Sampler = Literal["uniform", "plain"]
+Cache = Literal["auto", "ram", "memmap"]
+BatchAugment = Literal["auto", "batched", "albumentations"]
+
+ARCHS: tuple[str, ...] = typing.get_args(Arch)
+STEMS: tuple[str, ...] = typing.get_args(Stem)[1:]  # the stems a backbone is built with
+FRONTENDS: tuple[str, ...] = typing.get_args(Frontend)
+CLUSTER_METHODS: tuple[str, ...] = typing.get_args(ClusterMethod)
+BACKENDS: tuple[str, ...] = typing.get_args(ClusterBackend)
+CLUSTER_FEATURES: tuple[str, ...] = typing.get_args(ClusterFeatures)
+SAMPLERS: tuple[str, ...] = typing.get_args(Sampler)
+CACHES: tuple[str, ...] = typing.get_args(Cache)
+BATCH_AUGMENT: tuple[str, ...] = typing.get_args(BatchAugment)
+
+
+def one_of(allowed: tuple[str, ...]) -> str:
+    """An allowed set as a message says it: `a or b`, `a, b or c`."""
+    *rest, last = allowed
+    return f"{', '.join(rest)} or {last}" if rest else last
 
 
 def _default_augment() -> list[dict[str, Any]]:
@@ -34,31 +61,32 @@ class DataConfig:
     subset_size: int | None = None  # None: the whole pool every epoch
     tiles_per_chunk: int | None = None  # None: a proportional share of every chunk
     tile_size: int | None = None  # None: the store's tile size
-    cache: str = "auto"  # ram | memmap | auto
+    cache: Cache = "auto"
     workers: int | None = None  # DataLoader processes; None: 0 on CPU, up to 8 with a GPU
-    batch_augment: str = "auto"  # auto (batched with CUDA) | batched | albumentations
+    batch_augment: BatchAugment = "auto"  # auto: batched with CUDA
     augment: list[dict[str, Any]] = field(default_factory=_default_augment)
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "alexnet"  # alexnet | vgg16 | resnet18 | resnet50
-    stem: str = "auto"  # auto (from the tile size) | imagenet (the paper's) | stride2 | stride1
+    arch: Arch = "alexnet"
+    stem: Stem = "auto"  # imagenet is the paper's
     width: float = 1.0  # conv width multiplier; 1 is the paper's network
-    frontend: str = "sobel"  # none | sobel | sobel-per-channel | sobel-level
+    frontend: Frontend = "sobel"
     raw_channels: list[str] = field(default_factory=list)  # channels that bypass the front-end
     dropout: float = 0.5
+    init: str | None = None  # start from this run dir, checkpoint or export (trunk only)
 
 
 @dataclass
 class ClusterConfig:
-    method: str = "kmeans"  # kmeans | pic
+    method: ClusterMethod = "kmeans"
     k: int = 1000
     pca_dim: int = 256
     iterations: int = 20
-    backend: str = "auto"  # auto | faiss | torch
+    backend: ClusterBackend = "auto"
     pic_neighbors: int = 5
-    features: str = "pre-relu"  # pre-relu (the paper's) | post-relu: what is clustered
+    features: ClusterFeatures = "pre-relu"  # what is clustered; pre-relu is the paper's
     reassign_every: int = 1  # epochs between re-clusterings; in between, labels and head stay
 
 
@@ -70,7 +98,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-5
     updates_factor: float = 1.0  # updates per epoch = factor * |subset| / batch_size
-    sampler: str = "uniform"  # uniform over clusters (the paper's) | plain (uniform over tiles)
+    sampler: Sampler = "uniform"  # uniform over clusters (the paper's); plain: over tiles
 
 
 @dataclass
@@ -152,6 +180,11 @@ def _coerce(value: Any, hint: Any, label: str) -> Any:
             raise DomainclustError(f"{label}: expected {kinds}, got {value!r}")
         hint = members[0]
         origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if not isinstance(value, str) or value not in allowed:
+            raise DomainclustError(f"{label} must be {one_of(allowed)}, got {value!r}")
+        return value
     if origin is list:
         if not isinstance(value, list):
             raise DomainclustError(f"{label}: expected a list, got {value!r}")

@@ -38,8 +38,13 @@ class Dist:
 SINGLE = Dist()
 
 
+def world_size() -> int:
+    """Processes torchrun started for this run (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return world_size() > 1
 
 
 def init_from_env(device: torch.device) -> tuple[Dist, torch.device]:

@@ -9,9 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from domainclust.config import FRONTENDS, one_of
 from domainclust.errors import DomainclustError
-
-FRONTENDS = ("none", "sobel", "sobel-per-channel", "sobel-level")
 
 # Binomial 3x3 low-pass: the local level of a channel, on the same support as the gradients.
 _LEVEL = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
@@ -40,7 +39,7 @@ class GradientFrontEnd(nn.Module):
     def __init__(self, *, kind: str, in_channels: int, raw: tuple[int, ...] = ()) -> None:
         super().__init__()
         if kind not in FRONTENDS:
-            raise DomainclustError(f"unknown front-end '{kind}'; choose one of {', '.join(FRONTENDS)}")
+            raise DomainclustError(f"unknown front-end '{kind}'; choose {one_of(FRONTENDS)}")
         if any(not 0 <= r < in_channels for r in raw) or len(set(raw)) != len(raw):
             raise DomainclustError(f"raw channels {raw} do not fit {in_channels} input channels")
         grad = [c for c in range(in_channels) if c not in raw]

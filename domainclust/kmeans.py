@@ -12,11 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from domainclust.backends import NAMES, select_backend
+from domainclust.backends import select_backend
 from domainclust.backends.repair import repair_empty_
 from domainclust.errors import DomainclustError
-
-BACKENDS = ("auto", *NAMES)
 
 
 @dataclass
@@ -57,8 +55,6 @@ def kmeans(
             f"k={k} clusters cannot be formed from {len(xt)} tiles; lower k (--set k=...) "
             "or raise subset_size"
         )
-    if backend not in BACKENDS:
-        raise DomainclustError(f"unknown k-means backend '{backend}'; choose {', '.join(BACKENDS)}")
     device = torch.device(device) if device is not None else xt.device
     impl = select_backend(backend, device=device)
     xt = xt.to(device)

@@ -16,6 +16,7 @@ from domainclust.config import load_yaml, parse_value
 from domainclust.errors import DomainclustError
 
 ENTRY_POINT_GROUP = "domainclust.modalities"
+RECIPES = "domainclust.recipes"  # the package the repository's recipes/ folder installs as
 
 
 class Ingest(Protocol):
@@ -46,7 +47,9 @@ class Modality:
     defaults: dict[str, Any] = field(default_factory=dict)  # ingest options and their defaults
 
     def load_recipe(self) -> dict[str, Any]:
-        return load_recipe(self.recipe)
+        """The adapter's shipped recipe (a file of that name in the working directory is not
+        read in its place)."""
+        return shipped_recipe(self.recipe)
 
 
 def ingest_options(modality: Modality, overrides: list[str]) -> dict[str, Any]:
@@ -63,15 +66,27 @@ def ingest_options(modality: Modality, overrides: list[str]) -> dict[str, Any]:
     return options
 
 
+def domain_recipe_names() -> list[str]:
+    """The shipped domain recipes by name (`recipes/*.yaml`, installed as `domainclust.recipes`;
+    the paper's are in its `paper/` folder)."""
+    return sorted(f.name[:-5] for f in resources.files(RECIPES).iterdir()
+                  if f.name.endswith(".yaml"))
+
+
 def load_recipe(name: str) -> dict[str, Any]:
-    """A bundled recipe by file name, or any YAML file by path."""
+    """A config recipe: a YAML file by path, else a shipped domain recipe by name (`landsat` or
+    `landsat.yaml`)."""
     path = Path(name)
-    if path.suffix in (".yaml", ".yml") and path.exists():
-        return load_yaml(path)
-    bundled = resources.files("domainclust.recipes") / name
-    if not bundled.is_file():
-        raise DomainclustError(f"recipe '{name}' is neither a file nor a bundled recipe")
-    with resources.as_file(bundled) as p:
+    return load_yaml(path) if path.is_file() else shipped_recipe(name)
+
+
+def shipped_recipe(name: str) -> dict[str, Any]:
+    """The shipped domain recipe `name`, with or without `.yaml`."""
+    stem = name.removesuffix(".yaml")
+    if stem not in domain_recipe_names():
+        raise DomainclustError(f"recipe '{name}' is neither a file nor a shipped recipe; "
+                               f"shipped: {', '.join(domain_recipe_names())}")
+    with resources.as_file(resources.files(RECIPES) / f"{stem}.yaml") as p:
         return load_yaml(p)
 
 

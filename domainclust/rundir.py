@@ -8,12 +8,16 @@ Layout other commands rely on::
     R/checkpoints/last.pt  the latest finished epoch (weights, optimizer, history)
     R/cache/               staging memmaps (safe to delete)
 
-Every file is written to a temporary name and renamed into place (atomic on POSIX).
+Every file is written to a temporary name and renamed into place (atomic on POSIX). The
+config names a local store by its absolute path; a relative one (recorded by older versions, as
+typed) is looked up from the working directory, then from the run dir and the folders above it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,7 @@ import torch
 from domainclust import config as cfg
 from domainclust.atomic import atomic_write, atomic_write_text
 from domainclust.errors import DomainclustError
+from domainclust.store import is_url
 
 
 class RunDir:
@@ -39,7 +44,7 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise DomainclustError(f"run dir {self.path} exists and is not a directory")
         if self.config_path.exists():
-            stored = cfg.from_dict(cfg.load_yaml(self.config_path))
+            stored = self.load_config()
             changed = [k for k in cfg.differences(stored, config) if k not in cfg.RESUMABLE_KEYS]
             if changed:
                 raise DomainclustError(
@@ -50,9 +55,12 @@ class RunDir:
         atomic_write_text(self.config_path, cfg.dump_yaml(config))
 
     def load_config(self) -> cfg.Config:
+        """The recorded config, its store resolved (see `recorded_store`)."""
         if not self.config_path.exists():
             raise DomainclustError(f"{self.path} is not a run dir (no config.yaml)")
-        return cfg.from_dict(cfg.load_yaml(self.config_path))
+        config = cfg.from_dict(cfg.load_yaml(self.config_path))
+        store = recorded_store(config.data.store, run_dir=self.path)
+        return dataclasses.replace(config, data=dataclasses.replace(config.data, store=store))
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in history))
@@ -84,6 +92,26 @@ class RunDir:
         if not self.checkpoint_path.exists():
             return None
         return load_checkpoint(self.checkpoint_path, map_location=map_location)
+
+
+def absolute_store(store: str) -> str:
+    """A local store path made absolute (so a run dir names it from any working directory);
+    a URL as it is."""
+    return store if is_url(store) else os.path.abspath(store)
+
+
+def recorded_store(store: str | None, *, run_dir: Path) -> str | None:
+    """A store path as a run dir recorded it, made absolute. A relative record (older versions
+    kept the path as typed) is tried from the working directory, then from the run dir and each
+    folder above it (one of them was most likely the working directory of `pretrain`); one found
+    nowhere is returned as recorded, for the reader to report missing."""
+    if not store or is_url(store) or Path(store).is_absolute():
+        return store
+    run = Path(run_dir).absolute()
+    for base in (Path.cwd(), run, *run.parents):
+        if (base / store).exists():
+            return os.path.abspath(base / store)
+    return store
 
 
 def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:

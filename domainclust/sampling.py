@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from domainclust.config import SAMPLERS, one_of
 from domainclust.errors import DomainclustError
 
 
@@ -93,9 +94,6 @@ def rank_share(positions: np.ndarray, *, rank: int, world: int) -> np.ndarray:
     return positions[rank::world]
 
 
-SAMPLERS = ("uniform", "plain")
-
-
 def training_draw(
     labels: np.ndarray, *, n_draws: int, rng: np.random.Generator, sampler: str = "uniform"
 ) -> np.ndarray:
@@ -109,7 +107,7 @@ def training_draw(
             return np.zeros(0, dtype=np.int64)
         passes = [rng.permutation(n) for _ in range(-(-n_draws // n))]
         return np.concatenate(passes)[:n_draws].astype(np.int64)
-    raise DomainclustError(f"unknown sampler '{sampler}'; choose {' or '.join(SAMPLERS)}")
+    raise DomainclustError(f"unknown sampler '{sampler}'; choose {one_of(SAMPLERS)}")
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from domainclust.config import CACHES, one_of
 from domainclust.errors import DomainclustError
 from domainclust.store import TileStore
 
@@ -23,8 +24,8 @@ def physical_memory_bytes() -> int:
 
 
 def choose_cache(nbytes: int, cache: str) -> str:
-    if cache not in ("auto", "ram", "memmap"):
-        raise DomainclustError(f"data.cache must be auto, ram or memmap, got '{cache}'")
+    if cache not in CACHES:
+        raise DomainclustError(f"data.cache must be {one_of(CACHES)}, got '{cache}'")
     if cache != "auto":
         return cache
     return "ram" if nbytes <= RAM_FRACTION * physical_memory_bytes() else "memmap"
@@ -39,7 +40,7 @@ def stage_tiles(
     progress: bool = True,
 ) -> np.ndarray:
     """The tiles at `indices`, in that order, in RAM or in a memmap under `cache_dir`."""
-    shape = (len(indices), *store.tiles.shape[1:])
+    shape = (len(indices), *store.tile_shape)
     dtype = np.dtype(store.tiles.dtype)
     kind = choose_cache(int(np.prod(shape)) * dtype.itemsize, cache)
     if kind == "ram":

@@ -16,9 +16,12 @@ from domainclust.replication.claims import (
     Claim,
     claim_rows,
     claims_table,
+    format_claims,
     parse_replication,
 )
 from domainclust.replication.recipes import load_recipe
+
+pytest_plugins = ["test_evaluation_fixtures"]
 
 
 def finetune(pretrained: dict[int, tuple[float, float, float]],
@@ -83,6 +86,17 @@ def test_results_in_the_older_schema_are_not_measured() -> None:
     old = {"rows": [{"protocol": "all", "init": "pretrained", "shots": 1, "accuracies": [0.5]}]}
     claim = Claim(name="c", statement="", kind="baseline", variant="v")
     assert claim_rows(claim, {"v": old})[0].verdict == "not measured"
+
+
+def test_single_repeat_results_are_inconclusive(single_repeat_eval: Path) -> None:
+    values = json.loads((single_repeat_eval / "finetune.json").read_text())  # no intervals
+    baseline = Claim(name="b", statement="", kind="baseline", variant="v")
+    contrast = Claim(name="c", statement="", kind="contrast", a="v", b="w")
+    rows = claim_rows(baseline, {"v": values}) + claim_rows(contrast, {"v": values, "w": values})
+    assert [r.shots for r in rows] == [1, 1]
+    assert all(r.verdict == "inconclusive" and r.ci_low is None and r.effect is not None
+               and "no interval from one repeat" in r.detail for r in rows)
+    assert "no interval from one repeat" in format_claims(rows)
 
 
 def test_bad_replication_recipes_are_refused() -> None:

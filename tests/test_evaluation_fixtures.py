@@ -1,7 +1,7 @@
 """Fixtures shared by the evaluation tests, loaded with `pytest_plugins = ["test_evaluation_fixtures"]`.
 
-A small labelled store cut from the real MNIST subset, and one tiny DeepCluster run trained on it
-with `pretrain`, both built once per session.
+A small labelled store cut from the real MNIST subset, one tiny DeepCluster run trained on it
+with `pretrain`, and its single-repeat low-shot evaluation, each built once per session.
 """
 
 from __future__ import annotations
@@ -53,3 +53,17 @@ def tiny_run(small_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
                                 "batch_size=50", "pca_dim=16", "model.width=0.25"])
     pretrain(config, run, progress=False, log=lambda _: None)
     return run
+
+
+@pytest.fixture(scope="session")
+def single_repeat_eval(tiny_run: Path, small_store: Path,
+                       tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder `write_finetune` fills from the real low-shot protocol run once (one repeat:
+    no confidence intervals) on `tiny_run`."""
+    from domainclust.evaluation import low_shot
+    from domainclust.evaluation.report import write_finetune
+
+    out = tmp_path_factory.mktemp("single_repeat")
+    result = low_shot(tiny_run, small_store, shots=[1], repeats=1, max_test=40, device="cpu")
+    write_finetune(result, out)
+    return out

@@ -105,7 +105,7 @@ def test_unknown_keys_are_errors_anywhere(tmp_path: Path) -> None:
         load_recipe(str(write(tmp_path / "b.yaml", {**ev, "paper": {"random": {"top-1": "x"}}})))
     with pytest.raises(DomainclustError, match="protocol must be one of"):
         load_recipe(str(write(tmp_path / "b.yaml", {**ev, "protocol": "svm"})))
-    with pytest.raises(DomainclustError, match="no reference recipe 'km-ImNet-Sobel'"):
+    with pytest.raises(DomainclustError, match="recipe 'km-ImNet-Sobel' is neither a file nor a shipped"):
         load_recipe("km-ImNet-Sobel")
 
 

@@ -18,9 +18,11 @@ from domainclust import deepcluster
 from domainclust.cli import app
 from domainclust.config import resolve
 from domainclust.errors import DomainclustError
+from domainclust.evaluation import low_shot
+from domainclust.evaluation.report import write_finetune
 from domainclust.report import write_report
 
-TINY = ["k=8", "epochs=2", "batch_size=64", "pca_dim=16", "subset_size=160"]
+TINY = ["k=8", "epochs=2", "batch_size=64", "pca_dim=16", "subset_size=160", "model.width=0.25"]
 FIGURES = {"metrics", "cluster_sizes", "filters", "clusters", "neighbours"}
 
 
@@ -90,29 +92,22 @@ def test_report_can_be_skipped(small_store, tmp_path):
     assert yaml.safe_load((tmp_path / "c" / "config.yaml").read_text())["report"] is False
 
 
+def single_repeat_evaluation(run, store):
+    """RUN/eval as `domainclust finetune --repeats 1` writes it: no confidence intervals."""
+    result = low_shot(run, store, shots=[1], repeats=1, max_test=40, device="cpu")
+    return write_finetune(result, run / "eval")["json"]
+
+
 @pytest.fixture
-def evaluation(run):
-    """RUN/eval/finetune.json, written by the test and removed after it."""
-    path = run / "eval" / "finetune.json"
-    path.parent.mkdir()
+def evaluation(run, small_store):
+    """RUN/eval/finetune.json of a real single-repeat evaluation, removed after the test."""
+    path = single_repeat_evaluation(run, small_store)
     yield path
     shutil.rmtree(path.parent)
 
 
 @pytest.mark.slow
 def test_report_command_on_demand_with_a_lowshot_evaluation(run, evaluation, tmp_path):
-    rows = [{"method": m, "protocol": p, "shots": s, "metric": "balanced_accuracy",
-             "mean": base + 0.05 * s ** 0.5, "ci_low": base - 0.02 + 0.05 * s ** 0.5,
-             "ci_high": base + 0.02 + 0.05 * s ** 0.5, "repeats": 10}
-            for m, base in (("pretrained", 0.5), ("random_init", 0.2), ("raw_pixels", 0.4),
-                            ("channel_stats", 0.15))
-            for p in ("linear", "all") for s in (1, 5, 10)]
-    verdict = [{"shots": s, "result": r, "best_baseline": "raw_pixels", "difference": d,
-                "ci_low": d - 0.05, "ci_high": d + 0.05}
-               for s, r, d in ((1, "inconclusive", 0.02), (5, "helped", 0.1),
-                               (10, "did not help", -0.1))]
-    evaluation.write_text(json.dumps(
-        {"rows": rows, "split": {"kind": "grouped", "by": "source"}, "verdict": verdict}))
     config = run / "config.yaml"
     finished = config.read_text()
     # As while a run extended to 3 epochs trains its third: the report reads the last checkpoint.
@@ -127,15 +122,49 @@ def test_report_command_on_demand_with_a_lowshot_evaluation(run, evaluation, tmp
     embedded = embedded_images(page)
     assert set(embedded) == FIGURES | {"lowshot"}
     assert_real_picture(embedded["lowshot"])
-    for text in ("did not help", "inconclusive", "helped", "grouped", "raw_pixels",
-                 "channel_stats"):
+    for text in ("inconclusive", "n/a", "random (no source recorded)", "raw_pixels",
+                 "channel_stats", "random_init"):
         assert text in page
     assert "epoch 2 of 3 (in progress)" in page
 
 
 @pytest.mark.slow
+def test_report_from_another_directory_finds_a_store_given_relative(small_store, tmp_path,
+                                                                    monkeypatch):
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    shutil.copytree(small_store, project / "data" / "digits.zarr")
+    elsewhere.mkdir()
+    monkeypatch.chdir(project)
+    result = CliRunner().invoke(app, ["pretrain", "--store", "data/digits.zarr", "--run-dir",
+                                      "runs/r", "--quiet", "--no-report",
+                                      *[f"--set={s}" for s in TINY], "--set=epochs=1",
+                                      "--set=subset_size=64"])
+    assert result.exit_code == 0, result.output
+    run = project / "runs" / "r"
+    recorded = yaml.safe_load((run / "config.yaml").read_text())["data"]["store"]
+    assert recorded == str(project / "data" / "digits.zarr")
+    monkeypatch.chdir(elsewhere)
+
+    def report_figures():
+        out = CliRunner().invoke(app, ["report", str(run), "--quiet", "--pool", "64"])
+        assert out.exit_code == 0, out.output
+        page = (run / "report" / "index.html").read_text()
+        assert "does not exist" not in page
+        return set(embedded_images(page))
+
+    assert {"clusters", "neighbours"} <= report_figures()
+    # A run dir of an older version recorded the path as typed, relative to where it ran.
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    stored["data"]["store"] = "data/digits.zarr"
+    (run / "config.yaml").write_text(yaml.safe_dump(stored))
+    assert {"clusters", "neighbours"} <= report_figures()
+
+
+@pytest.mark.slow
 def test_report_without_its_store_writes_what_it_can_and_says_why(run, evaluation, tmp_path):
-    evaluation.write_text('{"rows": [{"method": "pretrained"}]}')
+    damaged = json.loads(evaluation.read_text())
+    del damaged["rows"][0]["protocol"]
+    evaluation.write_text(json.dumps(damaged))
     result = write_report(run, store=tmp_path / "gone.zarr", out=tmp_path / "out", progress=False,
                           log=lambda _: None)
     assert set(result.figures) == {"metrics", "cluster_sizes", "filters"}

@@ -1,7 +1,5 @@
 """The report's pure parts: modality rendering, effective filters, cluster choice, neighbours."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -10,7 +8,6 @@ import torch.nn.functional as F
 from domainclust.errors import DomainclustError
 from domainclust.model import ModelSpec, Trunk
 from domainclust.report.filters import effective_filters, first_conv
-from domainclust.report.lowshot import load_lowshot
 from domainclust.report.montage import choose_clusters, mean_purity
 from domainclust.report.neighbours import nearest
 from domainclust.report.rendering import build_renderer
@@ -123,30 +120,3 @@ def test_nearest_excludes_the_query_itself():
     f = np.eye(4)[[0, 0, 1, 1, 2]].astype(np.float32)
     f[1] *= 0.9
     assert nearest(f, np.array([0, 2]), k=1).tolist() == [[1], [3]]
-
-
-ROWS = [{"method": m, "protocol": "all", "shots": s, "metric": "top1", "mean": 0.5,
-         "ci_low": 0.4, "ci_high": 0.6, "repeats": 10}
-        for m in ("pretrained", "random_init", "raw_pixels", "channel_stats") for s in (1, 10)]
-
-
-def test_lowshot_schema_is_read_and_malformed_files_named(tmp_path):
-    path = tmp_path / "finetune.json"
-    assert load_lowshot(path) is None
-    verdict = {"10": {"result": "helped", "best_baseline": "raw_pixels", "difference": 0.1,
-                      "ci_low": 0.05, "ci_high": 0.15},
-               "1": {"result": "inconclusive", "best_baseline": "random_init",
-                     "difference": 0.0, "ci_low": -0.1, "ci_high": 0.1}}
-    path.write_text(json.dumps({"rows": ROWS, "split": "by source", "verdict": verdict}))
-    result = load_lowshot(path)
-    assert [v["shots"] for v in result.verdict] == [1, 10] and result.split == "by source"
-    path.write_text(json.dumps({"rows": [{"method": "pretrained"}]}))
-    with pytest.raises(DomainclustError, match="finetune.json: rows\\[0\\] lacks protocol"):
-        load_lowshot(path)
-    path.write_text(json.dumps({"rows": ROWS, "verdict": [{**verdict["1"], "shots": 1,
-                                                           "result": "maybe"}]}))
-    with pytest.raises(DomainclustError, match="result 'maybe' is not one of"):
-        load_lowshot(path)
-    path.write_text("{")
-    with pytest.raises(DomainclustError, match="not readable JSON"):
-        load_lowshot(path)

@@ -16,9 +16,10 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from domainclust.config import BACKENDS, one_of
 from domainclust.errors import DomainclustError
 
-NAMES = ("faiss", "cuvs", "torch")
+NAMES = tuple(b for b in BACKENDS if b != "auto")  # the implementations
 # Preference when `auto`: on a GPU the GPU-native libraries first; on CPU faiss (its BLAS
 # k-means is faster than torch's on CPU), torch last because it always works.
 AUTO_ORDER = {"cuda": ("cuvs", "faiss", "torch"), "cpu": ("faiss", "torch")}
@@ -98,8 +99,7 @@ def select_backend(name: str = "auto", *, device: torch.device | None = None) ->
     if name != "auto":
         if name not in NAMES:
             raise DomainclustError(
-                f"unknown k-means/k-NN backend '{name}'; choose auto, {', '.join(NAMES)}"
-            )
+                f"unknown k-means/k-NN backend '{name}'; choose {one_of(BACKENDS)}")
         got = _probed(name, device)
         if isinstance(got, str):
             raise DomainclustError(

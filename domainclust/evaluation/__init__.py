@@ -13,16 +13,17 @@ from domainclust.evaluation.clusters import (
     nmi_to_labels,
 )
 from domainclust.evaluation.data import Split, make_split, split_indices, store_labels
-from domainclust.evaluation.fewshot import FinetuneResult, low_shot
+from domainclust.evaluation.fewshot import low_shot
 from domainclust.evaluation.finetune import FinetuneSettings
 from domainclust.evaluation.knn import KnnResult, embed_store, evaluate_knn, knn_accuracy
 from domainclust.evaluation.linear import LinearProbeResult, evaluate_linear
+from domainclust.evaluation.lowshot_result import LowShotResult
 from domainclust.evaluation.models import Trained, load_trained
 from domainclust.evaluation.voc import mean_average_precision, read_voc, voc07_average_precision
 from domainclust.evaluation.voc_train import VocResult, VocSettings, voc_classification
 
 __all__ = [
-    "ClusterEvalResult", "FinetuneResult", "FinetuneSettings", "KnnResult", "LinearProbeResult",
+    "ClusterEvalResult", "FinetuneSettings", "KnnResult", "LinearProbeResult", "LowShotResult",
     "Split", "Trained", "VocResult", "VocSettings", "embed_store", "evaluate_clusters",
     "evaluate_knn", "evaluate_linear", "intra_class_edge_ratio", "knn_accuracy", "load_trained",
     "low_shot", "make_split", "mean_average_precision", "nmi_to_labels", "read_voc",

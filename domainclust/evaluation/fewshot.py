@@ -12,7 +12,7 @@ compares the pretrained network (first protocol asked for) with the strongest ba
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from domainclust.evaluation.finetune import FinetuneSettings, select_and_finetun
 from domainclust.evaluation.frozen import Standardiser, choose, fit_frozen
 from domainclust.evaluation.inputs import open_inputs
 from domainclust.evaluation.linear import LinearClassifier
+from domainclust.evaluation.lowshot_result import LowShotResult, Row, Verdict
 from domainclust.evaluation.models import as_classifier, fresh_network
 from domainclust.evaluation.stats import mean_ci, verdict
 from domainclust.evaluation.training import predict
@@ -44,76 +45,6 @@ NETWORKS = ("random_init", "pretrained")
 METHODS = (*BASELINES, *NETWORKS)
 METRICS = ("top1", "balanced_accuracy")
 POOL_TILES = 512  # unlabelled training tiles whose statistics standardise every feature
-
-
-@dataclass
-class Row:
-    method: str
-    protocol: str
-    shots: int
-    metric: str
-    mean: float
-    ci_low: float | None  # None with a single repeat
-    ci_high: float | None
-    repeats: int
-    values: list[float]
-    choices: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class Verdict:
-    shots: int
-    result: str
-    method: str  # the pretrained row compared: "pretrained/<protocol>"
-    best_baseline: str  # "<method>/<protocol>"
-    difference: float
-    ci_low: float | None
-    ci_high: float | None
-
-
-@dataclass
-class FinetuneResult:
-    rows: list[Row]
-    verdict: list[Verdict]
-    split: str
-    n_classes: int
-    n_test: int
-    checkpoint: str
-    seed: int
-    settings: dict[str, Any]
-
-    def row(self, method: str, protocol: str, shots: int, metric: str = "top1") -> Row:
-        return next(r for r in self.rows
-                    if (r.method, r.protocol, r.shots, r.metric) == (method, protocol, shots, metric))
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["verdict"] = {str(v.shots): {k: val for k, val in asdict(v).items() if k != "shots"}
-                          for v in self.verdict}
-        return out
-
-    def table(self) -> str:
-        repeats = self.rows[0].repeats
-        title = (f"low-shot accuracy on {self.n_test} test tiles, {self.n_classes} classes, "
-                 f"{repeats} repeats, mean [95% CI]; split: {self.split}")
-        lines = [title, "| method | protocol | shots | top-1 | balanced |", "|---|---|---:|---:|---:|"]
-        for r in self.rows:
-            if r.metric != "top1":
-                continue
-            b = self.row(r.method, r.protocol, r.shots, "balanced_accuracy")
-            lines.append(f"| {r.method} | {r.protocol} | {r.shots} | {_pct(r)} | {_pct(b)} |")
-        for v in self.verdict:
-            ci = ("" if v.ci_low is None else
-                  f", 95% CI [{100 * v.ci_low:+.1f}, {100 * v.ci_high:+.1f}]")
-            lines.append(f"verdict at {v.shots} shots: {v.result} ({v.method} vs "
-                         f"{v.best_baseline}: {100 * v.difference:+.1f} points{ci})")
-        return "\n".join(lines)
-
-
-def _pct(r: Row) -> str:
-    if r.ci_low is None:
-        return f"{100 * r.mean:.1f}%"
-    return f"{100 * r.mean:.1f}% [{100 * r.ci_low:.1f}, {100 * r.ci_high:.1f}]"
 
 
 def parse_protocols(protocol: str) -> tuple[str, ...]:
@@ -169,13 +100,14 @@ def low_shot(
     labels_path: Path | str | None = None,
     device: str = "auto",
     log: Callable[[str], None] = lambda _: None,
-) -> FinetuneResult:
+) -> LowShotResult:
     """Every method × protocol × shot count over `repeats` paired repeats, and the verdict."""
     settings = settings or FinetuneSettings()
     protocols = parse_protocols(protocol)
     if not shots or min(shots) < 1 or repeats < 1:
         raise DomainclustError("shots must be positive integers and repeats at least 1")
-    inputs = open_inputs(checkpoint, store_path, labels_path=labels_path, device=device)
+    inputs = open_inputs(checkpoint, store_path, labels_path=labels_path, device=device,
+                         log=log)
     dev, store, labels, trained = inputs.device, inputs.store, inputs.labels, inputs.trained
     split = store_split(store, labels, split_path=split_path, test_fraction=test_fraction,
                         seed=seed, split_by=split_by)
@@ -249,7 +181,7 @@ def low_shot(
                 values=v, choices=choices[(m, p, s)])
             for (m, p, s, metric), v in values.items()]
     rows.sort(key=lambda row: (row.shots, METHODS.index(row.method), row.protocol, row.metric))
-    return FinetuneResult(
+    return LowShotResult(
         rows=rows, verdict=[judge(rows, shots=s, protocol=protocols[0]) for s in shots],
         split=split.source, n_classes=len(classes), n_test=len(test),
         checkpoint=str(trained.source), seed=seed,

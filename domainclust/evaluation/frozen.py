@@ -15,12 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from domainclust.evaluation.grids import (
+    LOW_SHOT_DEFAULT_WEIGHT_DECAY,
+    LOW_SHOT_WEIGHT_DECAYS,
+    SWEEP_ITER,
+)
 from domainclust.evaluation.linear import LinearClassifier, fit_linear, floor_spread
 
-WEIGHT_DECAYS = (1e-3, 1e-2, 1e-1, 1.0)
-DEFAULT_WEIGHT_DECAY = 1e-2
 MAX_FOLDS = 3
-SWEEP_ITER = 40
 
 
 @dataclass(frozen=True)
@@ -66,12 +68,12 @@ def inner_folds(y: np.ndarray, *, seed: int, max_folds: int = MAX_FOLDS
 
 def choose(
     features: dict[str, np.ndarray], y: np.ndarray, *, default_layer: str, seed: int,
-    weight_decays: tuple[float, ...] = WEIGHT_DECAYS,
+    weight_decays: tuple[float, ...] = LOW_SHOT_WEIGHT_DECAYS,
 ) -> Choice:
     """Layer and L2 penalty with the best mean inner-CV accuracy (first one on ties)."""
     folds = inner_folds(y, seed=seed)
     if not folds:
-        return Choice(layer=default_layer, weight_decay=DEFAULT_WEIGHT_DECAY, validated=False)
+        return Choice(layer=default_layer, weight_decay=LOW_SHOT_DEFAULT_WEIGHT_DECAY, validated=False)
     best: Choice | None = None
     for layer, x in features.items():
         for wd in weight_decays:

@@ -14,8 +14,9 @@ from domainclust.errors import DomainclustError
 from domainclust.evaluation.data import store_labels
 from domainclust.evaluation.features import extract_layers, layer_label, resolve_layers
 from domainclust.evaluation.inputs import EvalInputs, open_inputs
-from domainclust.evaluation.linear import WEIGHT_DECAYS, LinearProbeResult, ProbeRow, fit_probe
-from domainclust.evaluation.models import check_compatible
+from domainclust.evaluation.grids import PROBE_WEIGHT_DECAYS
+from domainclust.evaluation.linear import LinearProbeResult, ProbeRow, fit_probe
+from domainclust.evaluation.models import align_store
 from domainclust.store import TileStore
 
 
@@ -42,8 +43,7 @@ def open_heldout(checkpoint: Path | str, train_store: Path | str, test_store: Pa
     does not share."""
     inputs = open_inputs(checkpoint, train_store, labels_path=None, device=device,
                          load_on=load_on)
-    test = TileStore(test_store)
-    check_compatible(inputs.trained.spec, test, source=inputs.trained.source)
+    test = align_store(inputs.trained.spec, TileStore(test_store), source=inputs.trained.source)
     labels = store_labels(test)
     unseen = sorted(set(np.unique(labels[labels >= 0])) - set(np.unique(inputs.labels)))
     if unseen:
@@ -58,7 +58,7 @@ def evaluate_linear_heldout(
     test_store: Path | str,
     *,
     layers: list[str] | None = None,
-    weight_decays: tuple[float, ...] = WEIGHT_DECAYS,
+    weight_decays: tuple[float, ...] = PROBE_WEIGHT_DECAYS,
     batch_size: int = 256,
     seed: int = 0,
     device: str = "auto",

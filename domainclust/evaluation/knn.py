@@ -77,7 +77,8 @@ class KnnResult:
 
     def summary(self) -> str:
         return (f"k-NN (k={self.k}, T={self.temperature}) on {self.layer} ({self.dim} dims): "
-                f"top-1 {100 * self.accuracy:.2f}% [{self.n_train} train / {self.n_test} test]")
+                f"top-1 {100 * self.accuracy:.2f}% [{self.n_train} train / {self.n_test} test; "
+                f"split: {self.split}]")
 
 
 def evaluate_knn(
@@ -90,6 +91,7 @@ def evaluate_knn(
     test_fraction: float = 0.2,
     seed: int = 0,
     split_path: Path | str | None = None,
+    split_by: str = "auto",
     labels_path: Path | str | None = None,
     batch_size: int = 256,
     device: str = "auto",
@@ -99,7 +101,7 @@ def evaluate_knn(
     inputs = open_inputs(checkpoint, store_path, labels_path=labels_path, device=device)
     dev, store, labels, trained = inputs.device, inputs.store, inputs.labels, inputs.trained
     split = store_split(store, labels, split_path=split_path,
-                        test_fraction=test_fraction, seed=seed)
+                        test_fraction=test_fraction, seed=seed, split_by=split_by)
     names = resolve_layers(trained.model, layers or [FEATURES])
     both = np.concatenate([split.train, split.test])
     feats = extract_layers(trained.model, store, indices=both, layers=names,

@@ -20,11 +20,10 @@ import torch.nn.functional as F
 
 from domainclust.evaluation.data import store_split, stratified_split
 from domainclust.evaluation.features import extract_layers, layer_label, resolve_layers
+from domainclust.evaluation.grids import PROBE_WEIGHT_DECAYS, SWEEP_ITER
 from domainclust.evaluation.inputs import open_inputs
 from domainclust.evaluation.models import fresh_network
 
-WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2)
-SWEEP_ITER = 40
 STD_FLOOR = 1e-2  # of the root-mean-square spread over dimensions
 
 
@@ -102,7 +101,7 @@ def span_basis(z: torch.Tensor) -> torch.Tensor:
 
 
 def fit_probe(
-    x: np.ndarray, y: np.ndarray, *, weight_decays: tuple[float, ...] = WEIGHT_DECAYS,
+    x: np.ndarray, y: np.ndarray, *, weight_decays: tuple[float, ...] = PROBE_WEIGHT_DECAYS,
     seed: int = 0, device: torch.device | str = "cpu",
 ) -> tuple[LinearClassifier, float]:
     """Pick the L2 penalty on a 20% validation part of (x, y), refit on all; (probe, penalty)."""
@@ -140,7 +139,9 @@ class LinearProbeResult:
         return asdict(self)
 
     def table(self) -> str:
-        lines = [f"linear probes of {self.checkpoint} ({self.n_train} train / {self.n_test} test)",
+        title = (f"linear probes of {self.checkpoint} ({self.n_train} train / {self.n_test} "
+                 f"test; split: {self.split})")
+        lines = [title,
                  "| layer | dims | L2 | train top-1 | test top-1 |", "|---|---:|---:|---:|---:|"]
         for r in self.rows:
             lines.append(f"| {r.layer} | {r.dim} | {r.weight_decay:g} | "
@@ -156,8 +157,9 @@ def evaluate_linear(
     test_fraction: float = 0.2,
     seed: int = 0,
     split_path: Path | str | None = None,
+    split_by: str = "auto",
     labels_path: Path | str | None = None,
-    weight_decays: tuple[float, ...] = WEIGHT_DECAYS,
+    weight_decays: tuple[float, ...] = PROBE_WEIGHT_DECAYS,
     batch_size: int = 256,
     device: str = "auto",
     random_init: bool = False,
@@ -174,7 +176,7 @@ def evaluate_linear(
     if random_init:
         model = fresh_network(trained.spec, n_outputs=2, seed=seed, device=dev)
     split = store_split(store, labels, split_path=split_path,
-                        test_fraction=test_fraction, seed=seed)
+                        test_fraction=test_fraction, seed=seed, split_by=split_by)
     names = resolve_layers(model, layers)
     both = np.concatenate([split.train, split.test])
     start = time.perf_counter()

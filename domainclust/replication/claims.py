@@ -161,10 +161,10 @@ def claim_rows(claim: Claim, results: dict[str, dict[str, Any] | None], *,
         if verdicts is None:
             return [old_schema]
         for shots, v in sorted(verdicts.items()):
-            lo, hi = 100 * float(v["ci_low"]), 100 * float(v["ci_high"])
-            out.append(ClaimRow(**base, shots=shots, effect=100 * float(v["difference"]),
-                                ci_low=lo, ci_high=hi, verdict=verdict_of(lo, hi),
-                                detail=f"vs {v.get('best_baseline', '?')}"))
+            ci = None if v["ci_low"] is None else (100 * float(v["ci_low"]),
+                                                   100 * float(v["ci_high"]))
+            out.append(_claim_row(base, shots=shots, effect=100 * float(v["difference"]), ci=ci,
+                                  detail=f"vs {v.get('best_baseline', '?')}"))
         return out
     a, b = (_pretrained(results[x], protocol=protocol) for x in (claim.a, claim.b))
     if not all("ci_low" in r for r in [*a.values(), *b.values()]) or not (a and b):
@@ -172,12 +172,24 @@ def claim_rows(claim: Claim, results: dict[str, dict[str, Any] | None], *,
     for shots in sorted(set(a) & set(b)):
         ra, rb = a[shots], b[shots]
         diff = 100 * (float(ra["mean"]) - float(rb["mean"]))
-        half = 100 * math.hypot((float(ra["ci_high"]) - float(ra["ci_low"])) / 2,
-                                (float(rb["ci_high"]) - float(rb["ci_low"])) / 2)
-        out.append(ClaimRow(**base, shots=shots, effect=diff, ci_low=diff - half,
-                            ci_high=diff + half, verdict=verdict_of(diff - half, diff + half),
-                            detail=f"{claim.a} - {claim.b}, independent runs"))
+        ci = None
+        if ra["ci_low"] is not None and rb["ci_low"] is not None:
+            half = 100 * math.hypot((float(ra["ci_high"]) - float(ra["ci_low"])) / 2,
+                                    (float(rb["ci_high"]) - float(rb["ci_low"])) / 2)
+            ci = (diff - half, diff + half)
+        out.append(_claim_row(base, shots=shots, effect=diff, ci=ci,
+                              detail=f"{claim.a} - {claim.b}, independent runs"))
     return out
+
+
+def _claim_row(base: dict[str, str], *, shots: int, effect: float,
+               ci: tuple[float, float] | None, detail: str) -> ClaimRow:
+    """A measured row; without an interval (a single repeat) it cannot be decided."""
+    if ci is None:
+        return ClaimRow(**base, shots=shots, effect=effect, ci_low=None, ci_high=None,
+                        verdict="inconclusive", detail=f"{detail}; no interval from one repeat")
+    return ClaimRow(**base, shots=shots, effect=effect, ci_low=ci[0], ci_high=ci[1],
+                    verdict=verdict_of(*ci), detail=detail)
 
 
 def _verdicts(values: dict[str, Any]) -> dict[int, dict[str, Any]] | None:

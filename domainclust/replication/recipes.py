@@ -7,6 +7,10 @@ Two kinds of YAML file live in `recipes/paper/` (installed as `domainclust.recip
 - `kind: evaluation` — a protocol (`linear`, `mlp`, `voc`, `low-shot`) on a dataset, its settings,
   and the numbers the paper reports for it, per model and row (`null` where not transcribed).
 
+Beside them, the domain recipes of `recipes/` (plain configs, no `kind`) are listed and shown
+by name too, as `kind: domain`; `pretrain --config NAME` takes a domain recipe or the config of
+a paper pretraining recipe (`pretrain_config`).
+
 Every key is checked: an unknown key anywhere is an error naming the file and the key.
 """
 
@@ -22,6 +26,7 @@ from domainclust import config as cfg
 from domainclust.errors import DomainclustError
 from domainclust.evaluation.mlp import MlpSettings
 from domainclust.evaluation.voc_train import VOC_PROTOCOLS, VocSettings
+from domainclust.modality import domain_recipe_names, shipped_recipe
 
 PAPER_FOLDER = "paper"
 PROTOCOLS = ("linear", "mlp", "voc", "low-shot")
@@ -95,7 +100,29 @@ class EvaluationRecipe:
     kind = "evaluation"
 
 
-Recipe = Any  # PretrainRecipe | EvaluationRecipe | claims.ReplicationRecipe
+@dataclass(frozen=True)
+class DomainRecipe:
+    """A domain recipe of `recipes/` (or any config YAML without `kind`): a pretraining config."""
+
+    name: str
+    values: dict[str, Any]  # the file's mapping, merged under `--set` by `pretrain --config`
+    config: cfg.Config  # resolved, with the overrides
+    source: str
+
+    kind = "domain"
+
+    @property
+    def title(self) -> str:
+        c = self.config
+        return (f"{c.modality or 'any'} tiles: {c.model.arch} x{c.model.width:g}, front-end "
+                f"{c.model.frontend}, {c.cluster.method} k={c.cluster.k}")
+
+    @property
+    def reference(self) -> str:
+        return self.source
+
+
+Recipe = Any  # PretrainRecipe | EvaluationRecipe | DomainRecipe | claims.ReplicationRecipe
 
 _PRETRAIN_KEYS = {"kind", "name", "title", "reference", "dataset", "split", "ingest", "config",
                   "evaluations"}
@@ -107,9 +134,14 @@ def _folder() -> Any:
     return resources.files("domainclust.recipes") / PAPER_FOLDER
 
 
-def recipe_names() -> list[str]:
-    """Names of the bundled reference recipes (file stems), sorted."""
+def paper_recipe_names() -> list[str]:
+    """Names of the paper's reference recipes (file stems in `paper/`), sorted."""
     return sorted(f.name[:-5] for f in _folder().iterdir() if f.name.endswith(".yaml"))
+
+
+def recipe_names() -> list[str]:
+    """Every shipped recipe by name: the domain recipes, then the paper's."""
+    return [*domain_recipe_names(), *paper_recipe_names()]
 
 
 def _check_keys(values: dict[str, Any], known: set[str], *, source: str) -> None:
@@ -142,6 +174,13 @@ def parse_recipe(values: dict[str, Any], *, source: str, overrides: list[str] | 
     """A recipe from its YAML mapping (a `replication` one is parsed by `claims`); `overrides` are `--set` keys of a pretraining config,
     `eval_overrides` `key=value` settings of an evaluation protocol."""
     kind = values.get("kind")
+    if kind is None:
+        name = Path(source).name.removesuffix(".yaml").removesuffix(".yml")
+        try:
+            config = cfg.resolve(recipe=values, overrides=overrides)
+        except DomainclustError as exc:
+            raise DomainclustError(f"recipe {source}: {exc}") from None
+        return DomainRecipe(name=name, values=values, config=config, source=source)
     if kind == "pretrain":
         _check_keys(values, _PRETRAIN_KEYS, source=source)
         evaluations = values.get("evaluations") or []
@@ -181,8 +220,8 @@ def parse_recipe(values: dict[str, Any], *, source: str, overrides: list[str] | 
         from domainclust.replication.claims import parse_replication
 
         return parse_replication(values, source=source)
-    raise DomainclustError(f"recipe {source}: kind must be pretrain, evaluation or replication, "
-                           f"got {kind!r}")
+    raise DomainclustError(f"recipe {source}: kind must be pretrain, evaluation or replication "
+                           f"(or absent, for a config recipe), got {kind!r}")
 
 
 def build_settings(protocol: str, values: dict[str, Any], *, overrides: list[str],
@@ -226,9 +265,13 @@ def load_recipe(name: str, *, overrides: list[str] | None = None,
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return parse_recipe(cfg.load_yaml(path), source=str(path), overrides=overrides,
                             eval_overrides=eval_overrides)
+    if name.removesuffix(".yaml") in domain_recipe_names():
+        return parse_recipe(shipped_recipe(name), source=f"{name.removesuffix('.yaml')}.yaml",
+                            overrides=overrides, eval_overrides=eval_overrides)
     entry = _folder() / f"{name}.yaml"
     if not entry.is_file():
-        raise DomainclustError(f"no reference recipe '{name}'; known: {', '.join(recipe_names())}")
+        raise DomainclustError(f"recipe '{name}' is neither a file nor a shipped recipe; "
+                               f"shipped: {', '.join(recipe_names())}")
     with resources.as_file(entry) as file:
         values = cfg.load_yaml(file)
     recipe = parse_recipe(values, source=f"{PAPER_FOLDER}/{name}.yaml", overrides=overrides,
@@ -237,6 +280,27 @@ def load_recipe(name: str, *, overrides: list[str] | None = None,
         raise DomainclustError(f"recipe {PAPER_FOLDER}/{name}.yaml names itself '{recipe.name}'; "
                                "a recipe's name must match its file name")
     return recipe
+
+
+def pretrain_config(name: str) -> dict[str, Any]:
+    """What `pretrain --config` takes, as a config mapping: a config YAML file by path, a
+    domain recipe by name (`landsat`), or a paper pretraining recipe's config (`km-ImNet-Sob`)."""
+    if Path(name).is_file():
+        return cfg.load_yaml(Path(name))
+    recipe = load_recipe(name)
+    if isinstance(recipe, DomainRecipe):
+        return recipe.values
+    if isinstance(recipe, PretrainRecipe):
+        return cfg.to_dict(recipe.config)
+    raise DomainclustError(f"'{name}' is {'an' if recipe.kind == 'evaluation' else 'a'} "
+                           f"{recipe.kind} recipe, not a pretraining config; --config takes one "
+                           f"of {', '.join(pretrain_recipe_names())} or a YAML file")
+
+
+def pretrain_recipe_names() -> list[str]:
+    """The shipped recipes `pretrain --config` takes by name."""
+    paper = [n for n in paper_recipe_names() if load_recipe(n).kind == "pretrain"]
+    return [*domain_recipe_names(), *paper]
 
 
 def evaluations_of(recipe: PretrainRecipe, *, eval_overrides: list[str] | None = None,
@@ -282,6 +346,9 @@ def describe(recipe: Recipe) -> dict[str, Any]:
                              for v in recipe.variants},
                 "claims": [dataclasses.asdict(c) for c in recipe.claims],
                 "source": recipe.source}
+    if isinstance(recipe, DomainRecipe):
+        return {"kind": recipe.kind, "name": recipe.name, "title": recipe.title,
+                "config": cfg.to_dict(recipe.config), "source": recipe.source}
     if isinstance(recipe, PretrainRecipe):
         return {"kind": recipe.kind, "name": recipe.name, "title": recipe.title,
                 "reference": recipe.reference, "dataset": recipe.dataset, "split": recipe.split,

@@ -93,9 +93,11 @@ def run_recipe(
 
     recipe = load_recipe(name, overrides=overrides)
     if not isinstance(recipe, PretrainRecipe):
+        hint = (f"; pretrain on it with `domainclust pretrain --config {name} --store S.zarr "
+                "--run-dir R`" if recipe.kind == "domain" else "")
         raise DomainclustError(f"'{name}' is {'an' if recipe.kind == 'evaluation' else 'a'} "
                                f"{recipe.kind} recipe; `recipe run` takes a pretraining recipe "
-                               "(see `recipe list`)")
+                               f"(see `recipe list`){hint}")
     evaluations = evaluations_of(recipe, eval_overrides=eval_overrides, only=only)
     paths = parse_data(data, default=recipe.dataset)
     if recipe.dataset not in paths:

@@ -20,11 +20,12 @@ import torch
 from domainclust.atomic import atomic_write, atomic_write_text
 from domainclust.device import resolve_device
 from domainclust.errors import DomainclustError
+from domainclust.evaluation.lowshot_result import load_lowshot
 from domainclust.model import ModelSpec, Trunk
 from domainclust.report.curves import cluster_size_figure, metrics_figure
 from domainclust.report.figures import Figure
 from domainclust.report.filters import filters_figure
-from domainclust.report.lowshot import load_lowshot, lowshot_figure
+from domainclust.report.lowshot import lowshot_figure
 from domainclust.report.montage import choose_clusters, mean_purity, montage_figure
 from domainclust.report.neighbours import embed, label_agreement, nearest, neighbours_figure
 from domainclust.report.page import (
@@ -136,8 +137,9 @@ def write_report(
                                    device=device, progress=progress))
         lap("neighbours")
 
+    lowshot_path = run.path / "eval" / "finetune.json"
     try:
-        lowshot = load_lowshot(run.path / "eval" / "finetune.json")
+        lowshot = load_lowshot(lowshot_path)
     except DomainclustError as exc:
         lowshot = None
         notes.append(f"low-shot results not shown: {exc}")
@@ -146,7 +148,8 @@ def write_report(
         figure = lowshot_figure(lowshot)
         figures.append(figure)
         sections.append(Section("Low-shot evaluation",
-                                figure_section(figure).body + "\n" + lowshot_tables(lowshot)))
+                                figure_section(figure).body + "\n"
+                                + lowshot_tables(lowshot, source=lowshot_path)))
         lap("lowshot")
 
     out_dir = Path(out) if out else run.path / "report"

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from domainclust.report.build import ReportSettings  # loaded with this package anyway
+
 
 def report(
     run_dir: Path = typer.Argument(..., help="run dir (finished or in progress)"),
@@ -15,12 +17,13 @@ def report(
     channels: str | None = typer.Option(
         None, "--channels", help="1 or 3 comma-separated channel names to show (gray or a "
                                  "false-colour composite, e.g. B08,B04,B03)"),
-    pool: int = typer.Option(1000, "--pool", help="tiles embedded for the neighbour queries"),
+    pool: int = typer.Option(ReportSettings.pool, "--pool",
+                             help="tiles embedded for the neighbour queries"),
     seed: int = typer.Option(0, "--seed", help="seed of the tiles, clusters and queries shown"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """Write a self-contained HTML report of a run: curves, clusters, filters, neighbours."""
-    from domainclust.report import ReportSettings, write_report
+    from domainclust.report import write_report
 
     composite = tuple(c.strip() for c in channels.split(",")) if channels else None
     write_report(run_dir, store=store, out=out, progress=not quiet, log=typer.echo,

@@ -6,10 +6,11 @@ import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
-from typing import Any
+from pathlib import Path
 
+from domainclust.evaluation.lowshot_result import LowShotResult, interval
 from domainclust.report.figures import Figure
-from domainclust.report.lowshot import LowShot, method_order, split_text
+from domainclust.report.lowshot import method_order
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1150px; color: #222; }
@@ -45,11 +46,11 @@ def note_section(title: str, text: str) -> Section:
     return Section(title, f'<p class="note">{escape(text)}</p>')
 
 
-def lowshot_tables(result: LowShot) -> str:
+def lowshot_tables(result: LowShotResult, *, source: Path) -> str:
     """The results table (mean [95 % CI] per method) and the verdict per shot count."""
     methods = method_order(result.rows)
-    keys = sorted({(r["protocol"], r["metric"], r["shots"]) for r in result.rows})
-    cell = {(r["protocol"], r["metric"], r["shots"], r["method"]): r for r in result.rows}
+    keys = sorted({(r.protocol, r.metric, r.shots) for r in result.rows})
+    cell = {(r.protocol, r.metric, r.shots, r.method): r for r in result.rows}
     head = "".join(f"<th>{escape(m)}</th>" for m in methods)
     lines = [f"<table><tr><th>protocol</th><th>metric</th><th>shots/class</th>{head}</tr>"]
     for protocol, metric, shots in keys:
@@ -57,33 +58,29 @@ def lowshot_tables(result: LowShot) -> str:
         for m in methods:
             r = cell.get((protocol, metric, shots, m))
             cells.append("<td></td>" if r is None else
-                         f"<td>{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] "
-                         f"<span class=\"meta\">n={r['repeats']}</span></td>")
-        lines.append(f'<tr><td class="text">{escape(str(protocol))}</td>'
-                     f'<td class="text">{escape(str(metric))}</td><td>{escape(str(shots))}</td>'
+                         f"<td>{r.mean:.3f} {interval(r.ci_low, r.ci_high)} "
+                         f'<span class="meta">n={r.repeats}</span></td>')
+        lines.append(f'<tr><td class="text">{escape(protocol)}</td>'
+                     f'<td class="text">{escape(metric)}</td><td>{shots}</td>'
                      + "".join(cells) + "</tr>")
     lines.append("</table>")
-    lines.append(f'<p class="caption">Split: {escape(split_text(result.split))}. '
-                 f"Source: {escape(result.path.name)}.</p>")
+    lines.append(f'<p class="caption">Mean [95 % CI] over n repeats (n/a: one repeat gives no '
+                 f"interval). Split: {escape(result.split)}. Source: {escape(source.name)}.</p>")
     if result.verdict:
         lines.append("<table><tr><th>shots/class</th><th>verdict</th><th>best baseline</th>"
                      "<th>difference</th><th>95 % CI</th></tr>")
         for v in result.verdict:
-            css = v["result"].replace(" ", "-")
+            css = v.result.replace(" ", "-")
             lines.append(
-                f"<tr><td>{escape(str(v['shots']))}</td>"
-                f'<td class="text {css}">{escape(v["result"])}</td>'
-                f'<td class="text">{escape(str(v["best_baseline"]))}</td>'
-                f"<td>{_number(v['difference'])}</td>"
-                f"<td>[{_number(v['ci_low'])}, {_number(v['ci_high'])}]</td></tr>")
+                f"<tr><td>{v.shots}</td>"
+                f'<td class="text {css}">{escape(v.result)}</td>'
+                f'<td class="text">{escape(v.best_baseline)}</td>'
+                f"<td>{v.difference:+.3f}</td>"
+                f"<td>{interval(v.ci_low, v.ci_high, fmt='+.3f')}</td></tr>")
         lines.append("</table>")
         lines.append('<p class="caption">Difference: pretrained minus the best baseline, paired '
                      "over repeats; the verdict follows from its confidence interval.</p>")
     return "\n".join(lines)
-
-
-def _number(value: Any) -> str:
-    return f"{value:+.3f}" if isinstance(value, (int, float)) else escape(str(value))
 
 
 def render_page(*, title: str, facts: Sequence[str], sections: Sequence[Section]) -> str:
