@@ -23,28 +23,35 @@ def pretrain(
     run_dir: Path = typer.Option(..., "--run-dir", help="where config, metrics and checkpoints go"),
     store: str | None = typer.Option(
         None, "--store", help="TileStore to train on: a folder or a URL (http(s)://, s3://, ...)"),
-    config: Path | None = typer.Option(None, "--config", help="recipe YAML"),
+    config: str | None = typer.Option(
+        None, "--config", help="recipe: a YAML file or a shipped recipe's name (`recipe list`)"),
     modality: str | None = typer.Option(None, "--modality", help="use this modality's recipe"),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
     no_report: bool = typer.Option(False, "--no-report", help="skip the report at the end"),
+    init: Path | None = typer.Option(
+        None, "--init", help="start the trunk from a run dir, checkpoint or exported backbone "
+                             "(model.init; conv1 matched to the store's channels by name)"),
 ) -> None:
     """Train (or resume) DeepCluster on a TileStore."""
     from domainclust import config as cfg
     from domainclust.deepcluster import pretrain as run_pretrain
     from domainclust.modality import get_modality
+    from domainclust.replication.recipes import pretrain_config
 
     recipe: dict = {}
     if modality:
         recipe = get_modality(modality).load_recipe()
     if config:
-        recipe = cfg.merge(recipe, cfg.load_yaml(config))
+        recipe = cfg.merge(recipe, pretrain_config(config))
     overrides = list(set_)
     if store:
         overrides.append(f"store={store}")
     if no_report:
         overrides.append("report=false")
     resolved = cfg.resolve(recipe=recipe, overrides=overrides)
+    if init is not None:  # not through --set: a path is not parsed as YAML
+        resolved.model.init = str(init.absolute())
     run_pretrain(resolved, run_dir, progress=not quiet)
 
 

@@ -17,6 +17,8 @@ the staged subset lives on the GPU and batches are augmented there (`data.batch_
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +36,10 @@ from domainclust.batch_augment import build_batch_augmentation
 from domainclust.config import Config
 from domainclust.descriptors import compute_descriptors
 from domainclust.device import (
-    available_cores, device_memory_budget, limit_cpu_threads, resolve_device,
+    available_cores,
+    device_memory_budget,
+    limit_cpu_threads,
+    resolve_device,
 )
 from domainclust.device_batches import AugmentedBatches, StagedTiles
 from domainclust.distributed import SINGLE, Dist
@@ -45,13 +50,16 @@ from domainclust.metrics import cluster_size_stats, nmi, nmi_on_common
 from domainclust.model import DeepClusterNet, ModelSpec
 from domainclust.pic import pic
 from domainclust.report import report_after_pretrain
-from domainclust.rundir import RunDir
-from domainclust.sampling import SAMPLERS, EpochSampler, rank_share, sample_subset, training_draw
+from domainclust.rundir import RunDir, absolute_store, atomic_write_text
+from domainclust.sampling import EpochSampler, rank_share, sample_subset, training_draw
 from domainclust.seeds import derive_seed
 from domainclust.staging import stage_tiles
 from domainclust.store import TileStore
+from domainclust.validation import check_config
+from domainclust.warmstart import apply_init, init_record, read_init
 
 CHECKPOINT_FORMAT = 1
+INIT_RECORD = "init.json"  # R/init.json: the network the trunk started from, channel map
 
 
 def epoch_seed(seed: int, epoch: int, stream: int) -> int:
@@ -82,26 +90,9 @@ def cluster_descriptors(
     if c.method == "kmeans":
         r = kmeans(x, k=c.k, iterations=c.iterations, seed=seed, backend=c.backend, device=device)
         return {"labels": r.labels, "n_clusters": c.k, "objective": r.objective, "n_empty": r.n_empty}
-    if c.method == "pic":
-        r = pic(x, neighbors=c.pic_neighbors, seed=seed, backend=c.backend, device=device)
-        return {"labels": r.labels, "n_clusters": r.n_clusters, "n_singletons": r.n_singletons,
-                "pic_sigma": r.sigma}
-    raise DomainclustError(f"unknown clustering '{c.method}'; choose kmeans or pic")
-
-
-FEATURES = ("pre-relu", "post-relu")
-
-
-def check_choices(config: Config) -> None:
-    """Refuse, before any work, settings the loop does not know."""
-    c = config.cluster
-    if c.features not in FEATURES:
-        raise DomainclustError(f"cluster.features must be {' or '.join(FEATURES)}, got {c.features!r}")
-    if c.reassign_every < 1:
-        raise DomainclustError(f"cluster.reassign_every must be at least 1, got {c.reassign_every}")
-    if config.train.sampler not in SAMPLERS:
-        raise DomainclustError(f"train.sampler must be {' or '.join(SAMPLERS)}, got "
-                               f"{config.train.sampler!r}")
+    r = pic(x, neighbors=c.pic_neighbors, seed=seed, backend=c.backend, device=device)
+    return {"labels": r.labels, "n_clusters": r.n_clusters, "n_singletons": r.n_singletons,
+            "pic_sigma": r.sigma}
 
 
 def build_optimizer(params: Any, *, config: Config) -> torch.optim.SGD:
@@ -119,18 +110,10 @@ def loader_workers(config: Config, device: torch.device) -> int:
 
 def use_batch_augment(config: Config, device: torch.device) -> bool:
     """Whole-batch augmentation on the device: automatic with CUDA when the recipe has a
-    batched form; `batched` forces it (also on CPU), `albumentations` keeps the per-sample path."""
+    batched form; `batched` forces it (also on CPU; `check_config` refuses it for a recipe
+    without one), `albumentations` keeps the per-sample path."""
     mode = config.data.batch_augment
-    if mode not in ("auto", "batched", "albumentations"):
-        raise DomainclustError(
-            f"data.batch_augment must be auto, batched or albumentations, got {mode!r}")
     supported = build_batch_augmentation(config.data.augment, tile_size=1, seed=0) is not None
-    if mode == "batched" and not supported:
-        raise DomainclustError(
-            "data.batch_augment=batched but the augment recipe has transforms without a batched "
-            "form (batched: RandomResizedCrop, HorizontalFlip, VerticalFlip, RandomRotate90); "
-            "use data.batch_augment=auto"
-        )
     return mode == "batched" or (mode == "auto" and supported and device.type == "cuda")
 
 
@@ -194,14 +177,23 @@ def pretrain(
 ) -> list[dict[str, Any]]:
     """Run (or resume) DeepCluster pretraining; returns the per-epoch metrics.
 
-    Launched by torchrun, each process joins the process group (gloo on CPU, nccl on CUDA).
+    The config is checked against the store before the run dir is written, so a refused
+    setting can be corrected on the same run dir. A local store is recorded by its absolute
+    path, so the run dir names it from any working directory. Launched by torchrun, each
+    process joins the process group (gloo on CPU, nccl on CUDA).
     """
     if not config.data.store:
         raise DomainclustError("no store given; pass --store PATH (or --set store=PATH)")
+    config = dataclasses.replace(
+        config, data=dataclasses.replace(config.data, store=absolute_store(config.data.store)))
+    config = resumed_init(config, RunDir(run_dir), log=log)
+    store = TileStore(config.data.store)
+    check_config(config, n_tiles=min(config.data.subset_size or store.n, store.n),
+                 store_tile_size=store.tile_size, world=distributed.world_size())
     limit_cpu_threads()
     d, device = distributed.init_from_env(resolve_device(config.device))
     try:
-        return _pretrain(config, RunDir(run_dir), device=device, dist=d,
+        return _pretrain(config, RunDir(run_dir), store=store, device=device, dist=d,
                          progress=progress and d.is_main, log=log if d.is_main else _quiet)
     finally:
         distributed.shutdown(d)
@@ -211,41 +203,40 @@ def _quiet(_: str) -> None:
     pass
 
 
-def check_world(config: Config, *, n_subset: int, d: Dist) -> None:
-    if not d.enabled:
-        return
-    if config.train.batch_size % d.world:
-        raise DomainclustError(
-            f"batch_size={config.train.batch_size} is not divisible by the {d.world} processes; "
-            "batch_size is the global batch, choose a multiple of --nproc-per-node x nodes"
-        )
-    if n_subset < d.world:
-        raise DomainclustError(f"{n_subset} tiles cannot be shared by {d.world} processes")
+def resumed_init(config: Config, run: RunDir, *, log: Callable[[str], None]) -> Config:
+    """`model.init` made absolute; a run dir with checkpoints resumes them, so the init it
+    recorded stays (a different one given now is ignored, and said so)."""
+    init = config.model.init and os.path.abspath(config.model.init)
+    if run.checkpoint_path.exists() and run.config_path.exists():
+        recorded = run.load_config().model.init
+        if init and init != recorded:
+            log(f"{run.path} has checkpoints: resuming them, not model.init {init}")
+        init = recorded
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, init=init))
 
 
 def _pretrain(
     config: Config,
     run: RunDir,
     *,
+    store: TileStore,
     device: torch.device,
     dist: Dist,
     progress: bool,
     log: Callable[[str], None],
 ) -> list[dict[str, Any]]:
-    check_choices(config)
-    store = TileStore(config.data.store)
-    distributed.run_on_main(lambda: run.prepare(config), dist, device=device)
     spec = model_spec(config, store)
-    n_subset = min(config.data.subset_size or store.n, store.n)
-    if config.cluster.method == "kmeans" and config.cluster.k > n_subset:
-        raise DomainclustError(
-            f"k={config.cluster.k} is larger than the {n_subset} tiles clustered per epoch "
-            f"(store {store.path}); lower k or raise subset_size"
-        )
-    check_world(config, n_subset=n_subset, d=dist)
-
     torch.manual_seed(config.seed)  # the random init is part of the run's identity
-    model = DeepClusterNet(spec, n_clusters=config.cluster.k).to(device)
+    # Built before the run dir is written: they refuse tiles, channels or a recipe that do not fit.
+    model = DeepClusterNet(spec, n_clusters=config.cluster.k)
+    started = None
+    if config.model.init and not run.checkpoint_path.exists():
+        started = start_from(model, config.model.init, log=log)
+    model = model.to(device)
+    build_augmentation(config.data.augment, tile_size=spec.tile_size, seed=0)
+    distributed.run_on_main(lambda: run.prepare(config), dist, device=device)
+    if started is not None and dist.is_main:
+        atomic_write_text(run.path / INIT_RECORD, json.dumps(started, indent=2) + "\n")
     trunk_params = [p for n, p in model.named_parameters() if not n.startswith("top.")]
     optimizer = build_optimizer(trunk_params, config=config)
     history: list[dict[str, Any]] = []
@@ -253,6 +244,7 @@ def _pretrain(
     state = run.load_checkpoint(map_location=device)
     if state is not None:  # any world size resumes any other: the state is the same
         _check_checkpoint(state, spec, store, run)
+        started = state.get("init")
         model.reset_head(int(state["n_clusters"]))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -270,7 +262,7 @@ def _pretrain(
         history.append(record)
         if dist.is_main:
             save_epoch(run, model=model, optimizer=optimizer, spec=spec, store=store,
-                       record=record, history=history)
+                       record=record, history=history, init=started)
         distributed.barrier(dist)
         log(_summary(record))
     if config.report and dist.is_main:
@@ -287,6 +279,7 @@ def save_epoch(
     store: TileStore,
     record: dict[str, Any],
     history: list[dict[str, Any]],
+    init: dict[str, Any] | None = None,
 ) -> None:
     run.save_checkpoint({
         "format": CHECKPOINT_FORMAT,
@@ -298,8 +291,18 @@ def save_epoch(
         "history": history,
         "store": {"path": str(store.path), "channels": list(store.channels),
                   "modality": store.modality},
+        "init": init,  # what the trunk started from (`start_from`), None: random init
     })
     run.write_metrics(history)
+
+
+def start_from(model: DeepClusterNet, init: str, *, log: Callable[[str], None]
+               ) -> dict[str, Any]:
+    """Load `init`'s trunk into `model` (conv1 matched by channel name); returns the record."""
+    source = read_init(init)
+    mapping = apply_init(model, source)
+    log(f"trunk from {source.file}; channels: {mapping.describe()}")
+    return init_record(source, mapping)
 
 
 class _Laps:

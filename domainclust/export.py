@@ -25,7 +25,13 @@ from safetensors.torch import load, save
 from domainclust.errors import DomainclustError
 from domainclust.model import ModelSpec, Trunk
 from domainclust.normalise import to_input
-from domainclust.rundir import RunDir, atomic_write, atomic_write_text, load_checkpoint
+from domainclust.rundir import (
+    RunDir,
+    atomic_write,
+    atomic_write_text,
+    load_checkpoint,
+    recorded_store,
+)
 from domainclust.store import TileStore
 
 CARD_NAME = "card.json"
@@ -95,9 +101,10 @@ class PretrainedBackbone(Trunk):
         return to_input(tiles, scale=norm["scale"], offset=norm["offset"])
 
 
-def _store_record(store_info: dict[str, Any], store_path: Path | str | None) -> dict[str, Any]:
+def _store_record(store_info: dict[str, Any], store_path: Path | str | None, *,
+                  run_dir: Path) -> dict[str, Any]:
     """What is known of the training store: its attrs when it is still there, else the record."""
-    path = store_path or store_info.get("path")
+    path = store_path or recorded_store(store_info.get("path"), run_dir=run_dir)
     record: dict[str, Any] = {**store_info, "available": False}
     if path is None:
         return record
@@ -118,7 +125,8 @@ def build_card(state: dict[str, Any], model: PretrainedBackbone, *, checkpoint: 
                run_dir: Path | None, store_path: Path | str | None = None) -> dict[str, Any]:
     """The card of `model`, exported from the checkpoint dict `state`."""
     spec = model.spec
-    store = _store_record(state.get("store") or {}, store_path)
+    store = _store_record(state.get("store") or {}, store_path,
+                          run_dir=run_dir or checkpoint.parent)
     recipe = None
     if run_dir is not None:
         try:
@@ -154,6 +162,7 @@ def build_card(state: dict[str, Any], model: PretrainedBackbone, *, checkpoint: 
         "store": store,
         "recipe": recipe,
         "source": {"checkpoint": str(checkpoint), "run_dir": str(run_dir) if run_dir else None},
+        "init": state.get("init"),  # the network pretraining started from (model.init), if any
         "weights": WEIGHTS_NAME,
     }
 

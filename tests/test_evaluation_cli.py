@@ -30,6 +30,7 @@ def test_cli_knn_on_two_layers_writes_json(tiny_run: Path, small_store: Path,
                                  "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "k-NN (k=20, T=0.07) on fc7 (4096 dims)" in result.output
+    assert "; split: random (no source recorded), stratified, seed=0" in result.output
     rows = json.loads((tmp_path / "knn.json").read_text())
     assert [r["layer"] for r in rows] == ["fc7", "conv2"] and rows[1]["dim"] == 64 * 12 * 12  # 15 px map
     assert all(0.3 < r["accuracy"] <= 1 for r in rows)  # 10 classes: chance is 0.1
@@ -44,6 +45,7 @@ def test_linear_probes_every_conv_layer(tiny_run: Path, small_store: Path) -> No
                                             64 * 7 * 7]
     assert all(0.3 < r.top1 <= 1 for r in result.rows)
     assert "| conv1 | 9600 |" in result.table()
+    assert "split: random (no source recorded)" in result.table().splitlines()[0]
     again = evaluate_linear(tiny_run, small_store, layers=["conv5"], weight_decays=(1e-3,),
                             device="cpu")
     assert again.rows[0].top1 == result.rows[4].top1  # seeded: the same split and probe
@@ -75,8 +77,8 @@ def test_store_without_labels_or_with_a_wrong_labels_file(tiny_run: Path, small_
 def test_checkpoint_whose_channels_differ_from_the_store(tiny_run: Path, tmp_path: Path) -> None:
     rgb = write_store(tmp_path / "rgb.zarr", np.zeros((20, 3, 32, 32), np.uint8),
                       labels=np.arange(20) % 2, channels=("red", "green", "blue"))
-    with pytest.raises(DomainclustError, match=r"trained on channels \['gray'\] but store .* has "
-                                               r"\['red', 'green', 'blue'\]"):
+    with pytest.raises(DomainclustError, match=r"needs channel\(s\) \['gray'\] that store .* lacks "
+                                               r"\(it has \['red', 'green', 'blue'\]\)"):
         evaluate_linear(tiny_run, rgb, device="cpu")
 
 
@@ -88,8 +90,16 @@ def test_cli_errors_are_one_line_without_traceback(tiny_run: Path, tmp_path: Pat
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "channels ['gray']" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "channel(s) ['gray']" in lines[0]
     result = runner.invoke(app, ["eval", "knn", "--checkpoint", str(tmp_path / "none.pt"),
                                  "--store", str(rgb)])
     assert isinstance(result.exception, DomainclustError)
     assert "checkpoint" in str(result.exception) and "does not exist" in str(result.exception)
+
+
+def test_eval_knn_and_linear_take_split_by(tiny_run: Path, small_store: Path) -> None:
+    for command in ("knn", "linear"):
+        result = runner.invoke(app, ["eval", command, "--checkpoint", str(tiny_run), "--store",
+                                     str(small_store), "--split-by", "blocks", "--quiet"])
+        assert isinstance(result.exception, DomainclustError), result.output
+        assert "records no (row, col) tile positions" in str(result.exception)

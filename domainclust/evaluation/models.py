@@ -7,6 +7,7 @@ backbones from safetensors, so evaluating a file someone sent cannot run their c
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from domainclust.channels import map_channels
 from domainclust.errors import DomainclustError
 from domainclust.export import load_backbone, read_checkpoint
 from domainclust.model import DeepClusterNet, ModelSpec
@@ -53,8 +55,22 @@ def load_trained(path: Path | str, *, device: torch.device | str = "cpu") -> Tra
     return Trained(model=model.to(device), spec=spec, source=file, run_dir=run, info=info)
 
 
+def align_store(spec: ModelSpec, store: TileStore, *, source: Path,
+                log: Callable[[str], None] = print) -> TileStore:
+    """`store` seen with the network's channels, in its order (matched by name: a store of
+    another sensor with those bands among others works); the mapping is logged once when it is
+    not the identity. A channel the network needs that the store lacks is refused, naming it."""
+    view = store.with_channels(tuple(spec.channels), needed_by=f"{source}")
+    if view is not store:
+        mapping = map_channels(wanted=spec.channels, available=store.channels)
+        log(f"channels of store {store.path} matched by name to {source}: {mapping.describe()}")
+    check_compatible(spec, view, source=source)
+    return view
+
+
 def check_compatible(spec: ModelSpec, store: TileStore, *, source: Path) -> None:
-    """Refuse a store whose channels the network's front-end was not built for."""
+    """Refuse a store whose channels the network's front-end was not built for (see
+    `align_store` for a store that holds them in another order or among others)."""
     if tuple(store.channels) != tuple(spec.channels):
         raise DomainclustError(
             f"{source} was trained on channels {list(spec.channels)} but store {store.path} has "
