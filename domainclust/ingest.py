@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from domainclust.atomic import atomic_write_text
 from domainclust.errors import DomainclustError
-from domainclust.store import StoreSpec, TileStoreWriter
+from domainclust.store import StoreSpec, TileStoreWriter, is_our_store
 
 REPORT_SUFFIX = ".ingest-report.json"  # the report sits beside the store: it names files by path
 TERMINAL_LINES = 200  # skipped items listed on the terminal; the report file lists them all
@@ -41,14 +41,25 @@ class SourceItem:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class MaskLayout:
+    """What an adapter that keeps a per-pixel mask beside every tile declares about them."""
+
+    dtype: str  # "uint8" | "int16", see `domainclust.store.mask_dtype_for`
+    classes: list[str] | None = None  # class names by id, when the source gives them
+
+
 @dataclass
 class TileBatch:
     tiles: np.ndarray  # (n, C, H, W) in the store's dtype
     labels: np.ndarray | None = None
+    masks: np.ndarray | None = None  # (n, H, W) class ids, negative where unlabelled
     meta: dict[str, np.ndarray] = field(default_factory=dict)
     skipped_tiles: int = 0  # tiles dropped inside the item (background, nodata), for the report
     skipped_files: list[tuple[int, str]] = field(default_factory=list)  # (index in the item's
     # paths, reason) of files left out of an item that groups several files
+    counts: dict[str, int] = field(default_factory=dict)  # adapter counters summed into the
+    # report, e.g. {"values_clipped": n}: what a user should know about the values stored
 
 
 class Skip(Exception):
@@ -73,6 +84,20 @@ class Adapter(Protocol):
 
     def read(self, item: SourceItem, options: dict[str, Any]) -> TileBatch: ...
 
+    # Optional: `mask_layout(items, options) -> MaskLayout | None`; an adapter that gives one
+    # returns `masks` with every batch (see `adapter_masks`).
+    # Optional: `untracked_options`, the names of options that change no tile (they stay out
+    # of the store's identity, see `tracked_options`), and
+    # `continue_store(items, attrs, options) -> (items, provenance)`, for an adapter whose
+    # items depend on the store they extend (see `continued_items`).
+
+
+def adapter_masks(adapter: Adapter, items: list[SourceItem],
+                  options: dict[str, Any]) -> MaskLayout | None:
+    """The adapter's mask layout, None for an adapter (or options) without masks."""
+    layout = getattr(adapter, "mask_layout", None)
+    return None if layout is None else layout(items, options)
+
 
 @dataclass
 class Skipped:
@@ -90,6 +115,7 @@ class Bookkeeping:
     skipped: dict[str, str] = field(default_factory=dict)  # key → reason (this run's)
     skipped_files: dict[str, list] = field(default_factory=dict)  # key → [[index, why]]
     dropped: int = 0
+    counts: dict[str, int] = field(default_factory=dict)  # adapter counters, summed
 
     @classmethod
     def replay(cls, records: list[dict[str, Any]], *, legacy: dict[str, Any]) -> Bookkeeping:
@@ -113,6 +139,8 @@ class Bookkeeping:
             return
         self.done[key] = int(record["n"])
         self.dropped += int(record.get("dropped", 0))
+        for name, value in record.get("counts", {}).items():
+            self.counts[name] = self.counts.get(name, 0) + int(value)
 
 
 def item_record(item: SourceItem, result: TileBatch | Skipped) -> dict[str, Any]:
@@ -126,6 +154,8 @@ def item_record(item: SourceItem, result: TileBatch | Skipped) -> dict[str, Any]
         record["n"] = len(result.tiles)
         if result.skipped_tiles:
             record["dropped"] = int(result.skipped_tiles)
+        if any(result.counts.values()):
+            record["counts"] = {k: int(v) for k, v in sorted(result.counts.items()) if v}
     if files:
         record["files"] = [[int(i), scrub_paths(r, item.paths)] for i, r in files]
     return record
@@ -137,10 +167,21 @@ def item_meta(meta: dict[str, np.ndarray], *, n: int, source: int) -> dict[str, 
 
 
 def _read(adapter: Adapter, item: SourceItem, options: dict[str, Any]) -> TileBatch | Skipped:
+    """One item's tiles, or why it gave none. Whatever a reader or resampler raises on one
+    item (a damaged file, a header asking for more memory than there is) skips that item
+    alone; only a DomainclustError, a problem of the whole run, stops it."""
     try:
         return adapter.read(item, options)
     except Skip as exc:
         return Skipped(str(exc), exc.files)
+    except DomainclustError:
+        raise
+    except MemoryError:
+        return Skipped("MemoryError: reading it needs more memory than is free", [])
+    except Exception as exc:  # noqa: BLE001 - one bad file never ends the run
+        text = (str(exc).strip().splitlines() or [""])[0][:300]
+        return Skipped(f"cannot be read ({type(exc).__name__}{': ' + text if text else ''})",
+                       [])
 
 
 def _results(
@@ -191,11 +232,18 @@ def run_ingest(
     tiles is not millions of files), lay out a new store.
     """
     check_destinations(out=Path(out), sources=[Path(s) for s in sources], report=report)
+    previous = started_store_attrs(Path(out))  # refuses what is not ours before any read
+    tracked = tracked_options(adapter, options)
+    if previous is not None:
+        check_same_options(previous.get(OPTIONS_ATTR), tracked, store=Path(out))
     found = adapter.discover([Path(s) for s in sources], options)
     if not found:
         raise DomainclustError(
             f"no usable source files found in {', '.join(map(str, sources)) or '(nothing given)'}"
         )
+    provenance = None
+    if previous is not None:
+        found, provenance = continued_items(adapter, found, previous, options)
     # Keys can hold names (an image's folder and file name): the store sees only their digests.
     items = [dataclasses.replace(item, key=store_key(item.key)) for item in found]
     by_key = {item.key: original for item, original in zip(items, found)}
@@ -203,9 +251,20 @@ def run_ingest(
     if len(by_key) != len(keys):
         raise DomainclustError("adapter produced duplicate item keys; report this as a bug")
     with_labels = adapter.has_labels(found, options)
-    writer = TileStoreWriter(out, adapter.spec(found, options), with_labels=with_labels,
+    mask_layout = adapter_masks(adapter, found, options)
+    spec = adapter.spec(found, options)
+    if provenance is not None:
+        spec = dataclasses.replace(spec, provenance=provenance)
+    writer = TileStoreWriter(out, spec, with_labels=with_labels,
+                             with_masks=mask_layout is not None,
+                             mask_dtype=mask_layout.dtype if mask_layout else None,
+                             mask_classes=mask_layout.classes if mask_layout else None,
                              chunk_tiles=chunk_tiles, shard_chunks=shard_chunks)
     try:
+        if previous is None:
+            writer.record(**{OPTIONS_ATTR: tracked})
+        elif provenance is not None:
+            writer.record(provenance=provenance)  # before any tile refers to what it adds
         order = item_order(writer, keys, add=add)
         book = Bookkeeping.replay(writer.records, legacy=writer.state)
         source_index = {key: i for i, key in enumerate(order)}
@@ -214,6 +273,8 @@ def run_ingest(
         todo = [item for item in items if item.key not in book.done]
         empty = np.zeros((0, *writer.group["tiles"].shape[1:]), dtype=writer.spec.dtype)
         empty_labels = np.zeros(0, dtype=np.int64) if with_labels else None
+        size = writer.spec.tile_size
+        empty_masks = np.zeros((0, size, size), dtype=np.int64) if mask_layout else None
 
         with tqdm(total=len(items), initial=len(items) - len(todo), desc="ingest", unit="item",
                   disable=not progress) as bar:
@@ -235,16 +296,19 @@ def run_ingest(
                     record = item_record(item, result)
                     if isinstance(result, TileBatch) and len(result.tiles):
                         writer.append(result.tiles, labels=result.labels, record=record,
+                                      masks=result.masks,
                                       meta=item_meta(result.meta, n=len(result.tiles),
                                                      source=source_index[item.key]))
                     else:  # nothing usable in the item: commit only the bookkeeping
-                        writer.append(empty, labels=empty_labels, record=record)
+                        writer.append(empty, labels=empty_labels, masks=empty_masks,
+                                      record=record)
                     committed(record, result.reason if isinstance(result, Skipped) else None)
 
         entries = skip_entries(by_key, book.skipped, book.skipped_files)
         counts = {"items_found": len(items), "items_read": len(book.done),
                   "items_skipped": len(book.skipped), "files_skipped": len(entries),
-                  "tiles_written": writer.count, "tiles_dropped": book.dropped}
+                  "tiles_written": writer.count, "tiles_dropped": book.dropped,
+                  **dict(sorted(book.counts.items()))}
         report_path = Path(report) if report is not None else default_report_path(Path(out))
         full = {**counts, "store": str(out), "skipped": entries}
         atomic_write_text(report_path, json.dumps(full, indent=2))
@@ -278,6 +342,57 @@ def check_destinations(*, out: Path, sources: list[Path], report: Path | None) -
             raise DomainclustError(f"--report {report} is one of the sources")
         if not report.parent.is_dir():
             raise DomainclustError(f"--report {report}: the folder {report.parent} does not exist")
+
+
+OPTIONS_ATTR = "ingest_options"  # the store attribute holding the options its tiles depend on
+
+
+def tracked_options(adapter: Adapter, options: dict[str, Any]) -> dict[str, Any]:
+    """The ingest options that decide what the tiles hold, as JSON values: part of the store's
+    identity. An adapter's `untracked_options` (a salt, a work-item size) are left out."""
+    untracked = set(getattr(adapter, "untracked_options", ()))
+    kept = {k: v for k, v in sorted(options.items()) if k not in untracked}
+    return json.loads(json.dumps(kept, default=str))
+
+
+def check_same_options(stored: dict[str, Any] | None, options: dict[str, Any], *,
+                       store: Path) -> None:
+    """Refuse to resume or extend a store with options other than those it was made with:
+    tiles made two ways would mix under one description. A store that recorded no options
+    (an older domainclust) is not checked; an option it does not know is not compared."""
+    if stored is None:
+        return
+    for key in sorted(set(stored) & set(options)):
+        if stored[key] != options[key]:
+            was, now = json.dumps(stored[key]), json.dumps(options[key])
+            raise DomainclustError(
+                f"{store} was ingested with {key}={was}; this run asks for {key}={now}. Tiles "
+                f"made both ways would mix in one store: run with --set {key}={was} to resume "
+                "or extend it, or ingest into another --out"
+            )
+
+
+def started_store_attrs(out: Path) -> dict[str, Any] | None:
+    """The attributes of the store at `out` if a writer would resume it (ours, its tiles
+    array created), else None; anything at `out` that is not ours is refused."""
+    if not is_our_store(out) or not (out / "tiles" / "zarr.json").is_file():
+        return None
+    try:
+        return dict(json.loads((out / "zarr.json").read_text()).get("attributes", {}))
+    except (OSError, ValueError):  # being rewritten by another writer: its lock refuses us
+        return None
+
+
+def continued_items(
+    adapter: Adapter, items: list[SourceItem], attrs: dict[str, Any], options: dict[str, Any]
+) -> tuple[list[SourceItem], dict[str, Any] | None]:
+    """Items fitted to the store they resume or extend, and the store's provenance after this
+    run (None: unchanged). Only adapters whose tiles depend on the whole dataset need it (the
+    geotiff adapter keeps the store's band statistics and scene numbering)."""
+    hook = getattr(adapter, "continue_store", None)
+    if hook is None:
+        return items, None
+    return hook(items, attrs, options)
 
 
 def store_key(key: str) -> str:

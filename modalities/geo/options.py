@@ -25,6 +25,8 @@ DEFAULTS: dict[str, Any] = {
     "stats_pixels": 1_000_000,  # valid pixels kept from that sample
     "dtype": "uint16",  # storage: uint16 (lossless for 8/16-bit sources) or uint8 (0..1 stretch)
     "seed": 0,  # for the statistics sample
+    "max_scene_tiles": 100_000,  # a scene that would give more tiles is refused up front (a
+    # header declaring 10^7 px rows writes blank tiles for hours): 20 000 px square at 64 px
 }
 
 BandRequest = tuple[int | str, ...]
@@ -44,6 +46,7 @@ class GeoOptions:
     stats_pixels: int
     dtype: str
     seed: int
+    max_scene_tiles: int
 
 
 def parse_options(options: dict[str, Any]) -> GeoOptions:
@@ -96,6 +99,7 @@ def parse_options(options: dict[str, Any]) -> GeoOptions:
         stats_windows=_int(o["stats_windows"], "stats_windows", minimum=1),
         stats_pixels=_int(o["stats_pixels"], "stats_pixels", minimum=100),
         dtype=o["dtype"], seed=_int(o["seed"], "seed", minimum=0),
+        max_scene_tiles=_int(o["max_scene_tiles"], "max_scene_tiles", minimum=1),
     )
 
 

@@ -229,13 +229,32 @@ def tile_grid(scene: Scene, *, tile_size: int, stride: int) -> tuple[int, int]:
     return rows, cols
 
 
+FILL_MAGNITUDE = 1e30  # no measured band value is this large: ±3.4e38 (float32's extremes)
+# and ±1.8e308 are what writers fill unflagged nodata with
+
+
+def fill_values(data: np.ndarray) -> np.ndarray:
+    """(B, H, W) True where a value of `data` is an implausible fill rather than a measurement:
+    NaN, ±inf and |value| >= 1e30 in float rasters; the dtype's extremes (65535, -32768, ...)
+    in integer rasters of 16 bits or more (8-bit extremes, 0 and 255, are real values)."""
+    if np.issubdtype(data.dtype, np.floating):
+        with np.errstate(invalid="ignore"):
+            return ~(np.abs(data) < FILL_MAGNITUDE)
+    if data.dtype.itemsize < 2:
+        return np.zeros(data.shape, dtype=bool)
+    info = np.iinfo(data.dtype)
+    extremes = data == info.max
+    if info.min < 0:
+        extremes |= data == info.min
+    return extremes
+
+
 def valid_pixels(data: np.ndarray, nodata: tuple[float | None, ...]) -> np.ndarray:
-    """(H, W) True where every band of `data` (B, H, W) holds a finite, non-nodata value."""
-    valid = np.ones(data.shape[1:], dtype=bool)
+    """(H, W) True where every band of `data` (B, H, W) holds a plausible (see
+    `fill_values`), non-nodata value."""
+    valid = ~fill_values(data).any(axis=0)
     is_float = np.issubdtype(data.dtype, np.floating)
     for band, value in zip(data, nodata):
-        if is_float:
-            valid &= np.isfinite(band)
         if value is None or (is_float and math.isnan(value)):
             continue
         if not is_float:

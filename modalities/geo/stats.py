@@ -1,8 +1,9 @@
 """Per-band robust statistics of a set of scenes, and the normalisation they define.
 
 A first pass reads a seeded random sample of tile windows (never a whole scene), keeps a
-bounded number of valid pixels (nodata and NaN left out), and takes per-band percentiles
-(2nd/98th by default). Tiles are then stored so that `float = stored * scale + offset` equals
+bounded number of valid pixels (nodata, NaN, ±inf and implausible fill values such as
+±3.4e38 left out, see `scenes.fill_values`), and takes per-band percentiles (2nd/98th by
+default), so a few unflagged fill pixels cannot widen a band's stretch to nothing. Tiles are then stored so that `float = stored * scale + offset` equals
 `(value - low) / (high - low)`: 16-bit reflectance is scaled by its real range, never by 255.
 """
 
@@ -54,8 +55,9 @@ class Normalisation:
         return (tuple((f1 - f0) / self.qmax for f0, f1 in self.stretch),
                 tuple(f0 for f0, _ in self.stretch))
 
-    def quantise(self, tiles: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """(n, C, T, T) source values, (n, T, T) validity → storage dtype; invalid pixels → 0.0."""
+    def quantise(self, tiles: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, int]:
+        """(n, C, T, T) source values, (n, T, T) validity → storage dtype (invalid pixels →
+        0.0), and how many valid values fell outside the stored range and were clipped."""
         low = np.asarray(self.low, dtype=np.float64).reshape(1, -1, 1, 1)
         high = np.asarray(self.high, dtype=np.float64).reshape(1, -1, 1, 1)
         invalid = ~valid[:, None]
@@ -63,7 +65,7 @@ class Normalisation:
             fill = np.clip(np.rint(low), 0, self.qmax).astype(self.storage)
             out = tiles.astype(self.storage)
             np.copyto(out, np.broadcast_to(fill, out.shape), where=invalid)
-            return out
+            return out, 0  # lossless: every source value fits
         f0 = np.array([a for a, _ in self.stretch], np.float32).reshape(1, -1, 1, 1)
         f1 = np.array([b for _, b in self.stretch], np.float32).reshape(1, -1, 1, 1)
         with np.errstate(invalid="ignore", over="ignore"):
@@ -71,7 +73,8 @@ class Normalisation:
             f = (tiles.astype(np.float32) - low.astype(np.float32)) / span
             f = np.where(invalid, np.float32(0.0), f)
             q = np.rint((f - f0) * (self.qmax / (f1 - f0)))
-        return np.clip(q, 0, self.qmax).astype(self.storage)
+        clipped = int(np.count_nonzero((q < 0) | (q > self.qmax)))  # invalid pixels sit at 0.0
+        return np.clip(q, 0, self.qmax).astype(self.storage), clipped
 
 
 def choose_normalisation(

@@ -140,6 +140,8 @@ class _Found:
 class RgbdAdapter:
     """Adapter for RGB/depth pairs; stateless, so it pickles into spawned workers."""
 
+    untracked_options = ("group_size",)  # how pairs are batched into work items, not tiles
+
     def discover(self, sources: list[Path], options: dict[str, Any]) -> list[SourceItem]:
         opts = parse_options(RgbdOptions, options, modality="rgbd")
         found = _Found()

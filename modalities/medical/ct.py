@@ -1,7 +1,7 @@
-"""The `ct` modality: CT series (DICOM or NIfTI) → HU-windowed tiles.
+"""The `ct` modality: CT series (DICOM, NIfTI or NRRD) → HU-windowed tiles.
 
 Slices are read in Hounsfield units (DICOM: RescaleSlope/Intercept through pydicom's modality
-LUT; NIfTI: the stored values, checked to look like HU). Each HU window (width/level) becomes
+LUT; NIfTI/NRRD: the stored values, checked to look like HU). Each HU window (width/level) becomes
 one channel through MONAI's `ScaleIntensityRange`, stored as uint8 with scale 1/255 so the
 float tiles lie in [0, 1]. Defaults: soft tissue W400/L40, lung W1500/L-600, bone W1800/L400.
 Air (below `background_hu`) and padding are background; tiles with more than `max_background`
@@ -117,13 +117,14 @@ class CTAdapter(MedicalAdapter):
         return 1.0 / 255.0, 0.0
 
     def encoder(self, volume: Volume, values: np.ndarray, opts: CTOptions) -> HUEncoder:
-        if volume.source == "nifti" and opts.hu_check:
+        if volume.source in ("nifti", "nrrd") and opts.hu_check:
             check_hounsfield(values)
         return HUEncoder(windows=opts.windows, background_hu=opts.background_hu)
 
 
 def check_hounsfield(values: np.ndarray) -> None:
-    """NIfTI carries no modality: a CT in HU has air near -1000 HU, raw or MR data does not."""
+    """NIfTI and NRRD carry no modality: a CT in HU has air near -1000 HU, raw or MR data does
+    not."""
     sample = values.ravel()[:: max(1, values.size // 1_000_000)]
     low = float(np.percentile(sample, 0.5))
     if low > -500.0:
@@ -136,7 +137,8 @@ ADAPTER = CTAdapter()
 
 MODALITY = Modality(
     name="ct",
-    description="CT series (DICOM by SeriesInstanceUID, or NIfTI) as HU-windowed 2-D/2.5-D tiles",
+    description="CT series (DICOM by SeriesInstanceUID, NIfTI or NRRD) as HU-windowed 2-D/2.5-D "
+                "tiles",
     channels=tuple(DEFAULT_WINDOWS),
     tile_size=CT_DEFAULTS["tile_size"],
     recipe="ct.yaml",

@@ -1,4 +1,4 @@
-"""The `mri` modality: MR series (DICOM or NIfTI) → per-volume normalised tiles.
+"""The `mri` modality: MR series (DICOM, NIfTI or NRRD) → per-volume normalised tiles.
 
 MR intensities have no physical unit, so each volume is normalised on its own:
 `normalize=zscore` (default; the robust z-score of DESIGN.md: median and IQR of the foreground,
@@ -118,7 +118,8 @@ ADAPTER = MRAdapter()
 
 MODALITY = Modality(
     name="mri",
-    description="MR series (DICOM by SeriesInstanceUID, or NIfTI) as per-volume normalised tiles",
+    description="MR series (DICOM by SeriesInstanceUID, NIfTI or NRRD) as per-volume normalised "
+                "tiles",
     channels=("mr",),
     tile_size=MR_DEFAULTS["tile_size"],
     recipe="mri.yaml",

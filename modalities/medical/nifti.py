@@ -60,13 +60,18 @@ def load_nifti(path: Path, *, max_volumes: int) -> list[Volume]:
         data = data[:, :, None]
     if data.ndim == 3:
         data = data[..., None]
-    if not np.isfinite(data).all():
-        data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
-    return [_axial(data[..., t], affine) for t in range(data.shape[3])]
+    finite = np.isfinite(data)
+    if not finite.all():
+        # NaN/inf mark voxels outside the scan (a resampled CT's corners): they take the
+        # volume's lowest value, its background (air in HU), not 0, which a CT calls tissue.
+        low = float(data[finite].min()) if finite.any() else 0.0
+        data = np.where(finite, data, np.float32(low))
+    return [axial_volume(data[..., t], affine, source="nifti") for t in range(data.shape[3])]
 
 
-def _axial(data: np.ndarray, affine: np.ndarray) -> Volume:
-    """(slice, row, column) volume with DICOM-like axial axes, and its geometry from the affine."""
+def axial_volume(data: np.ndarray, affine: np.ndarray, *, source: str) -> Volume:
+    """(slice, row, column) volume with DICOM-like axial axes, and its geometry from a RAS+ mm
+    affine (NIfTI's; NRRD's after LPS → RAS)."""
     current = orientations.io_orientation(affine)
     transform = orientations.ornt_transform(current, orientations.axcodes2ornt(AXIAL_DICOM_LIKE))
     oriented = orientations.apply_orientation(data, transform)
@@ -76,4 +81,5 @@ def _axial(data: np.ndarray, affine: np.ndarray) -> Volume:
     positions = (new_affine[:3, 3] @ normal) + np.arange(oriented.shape[2]) * sizes[2]
     values = np.ascontiguousarray(np.moveaxis(oriented, 2, 0), dtype=np.float32)
     return Volume(values=values, spacing=(float(sizes[2]), float(sizes[0]), float(sizes[1])),
-                  slice_positions=positions.astype(np.float64), source="nifti")
+                  slice_positions=positions.astype(np.float64), source=source,
+                  affine=new_affine)

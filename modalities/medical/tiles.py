@@ -11,6 +11,35 @@ import torch
 import torch.nn.functional as F
 from numpy.lib.stride_tricks import sliding_window_view
 
+from domainclust.ingest import Skip
+
+
+def resampled_shape(
+    shape: tuple[int, ...], *, spacing_yx: tuple[float, float], target: float | None, tile: int
+) -> tuple[int, int, int]:
+    """(Z, Y, X) of a (Z, Y, X) volume once resampled in-plane to `target` mm and padded to a
+    tile: what the volume will take in memory, known from its header alone."""
+    z, y, x = shape
+    if target is not None:
+        y, x = (max(1, round(y * spacing_yx[0] / target)),
+                max(1, round(x * spacing_yx[1] / target)))
+    return z, max(y, tile), max(x, tile)
+
+
+def check_resampled_size(
+    shape: tuple[int, ...], *, spacing_yx: tuple[float, float], target: float | None,
+    tile: int, limit: int,
+) -> None:
+    """Skip, before allocating it, a volume whose resampled size is above `limit` voxels."""
+    z, y, x = resampled_shape(shape, spacing_yx=spacing_yx, target=target, tile=tile)
+    if z * y * x > limit:
+        raise Skip(
+            f"would be {z}x{y}x{x} voxels once resampled to {target} mm and padded to "
+            f"{tile} px ({z * y * x * 4 / 1e9:.1f} GB as float32; read {shape[0]}x{shape[1]}x"
+            f"{shape[2]} at {spacing_yx[0]:g}x{spacing_yx[1]:g} mm), above max_voxels={limit}; "
+            "check the header's voxel size and units, or raise max_voxels"
+        )
+
 
 def resample_inplane(
     values: np.ndarray, *, spacing_yx: tuple[float, float], target: float | None

@@ -25,9 +25,11 @@ class Volume:
     values: np.ndarray  # (Z, Y, X) float32: Hounsfield units for CT, scanner units for MR
     spacing: tuple[float, float, float]  # (slice step, row, column) in mm
     slice_positions: np.ndarray  # (Z,) mm along the slice normal, increasing
-    source: str = "dicom"  # dicom | nifti: some checks only apply to one of them
+    source: str = "dicom"  # dicom | nifti | nrrd: some checks only apply to some of them
     runs: list[tuple[int, int]] | None = None  # (start, stop) of the runs of slices without a
     # gap between them; None: one run. Slabs never reach across runs.
+    affine: np.ndarray | None = None  # (4, 4) RAS+ mm of (row, column, slice) voxel indices, from
+    # a NIfTI/NRRD header: what a mask must share with its image
 
 
 @dataclass(frozen=True)
