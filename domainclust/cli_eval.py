@@ -16,6 +16,8 @@ from domainclust.errors import DomainclustError
 CHECKPOINT = typer.Option(..., "--checkpoint", help="checkpoint file, run dir or exported backbone")
 STORE = typer.Option(..., "--store", help="labelled TileStore")
 SPLIT = typer.Option(None, "--split", help=".npz with 'train' and 'test' tile indices")
+SPLIT_BY = typer.Option("auto", "--split-by", help="auto | source | blocks | random: how train "
+                        "and test are kept apart")
 LABELS = typer.Option(None, "--labels", help="labels file (.npy or one per line) instead of the "
                       "store's labels")
 TEST_FRACTION = typer.Option(0.2, "--test-fraction", help="held-out share per class (seeded)")
@@ -67,15 +69,15 @@ def knn(checkpoint: Path = CHECKPOINT, store: Path = STORE,
                                         "stage (conv1..conv5, layer1..); repeatable"),
         k: int = typer.Option(20, "--k"), temperature: float = typer.Option(0.07, "--temperature"),
         test_fraction: float = TEST_FRACTION, seed: int = SEED, split: Path | None = SPLIT,
-        labels: Path | None = LABELS, device: str = DEVICE, out: Path | None = OUT,
-        quiet: bool = QUIET) -> None:
+        split_by: str = SPLIT_BY, labels: Path | None = LABELS, device: str = DEVICE,
+        out: Path | None = OUT, quiet: bool = QUIET) -> None:
     """Weighted k-NN accuracy (cosine) of frozen features."""
     from domainclust.evaluation.knn import evaluate_knn
 
     results = evaluate_knn(checkpoint, store, layers=split_names(layer), k=k,
                            temperature=temperature, test_fraction=test_fraction, seed=seed,
-                           split_path=split, labels_path=labels, device=device,
-                           progress=not quiet)
+                           split_path=split, split_by=split_by, labels_path=labels,
+                           device=device, progress=not quiet)
     for r in results:
         typer.echo(r.summary())
     save_json(out, "knn.json", [r.to_dict() for r in results])
@@ -87,15 +89,15 @@ def linear(checkpoint: Path = CHECKPOINT, store: Path = STORE,
            random_init: bool = typer.Option(False, "--random-init",
                                             help="probe the same architecture at random init"),
            test_fraction: float = TEST_FRACTION, seed: int = SEED, split: Path | None = SPLIT,
-           labels: Path | None = LABELS, device: str = DEVICE, out: Path | None = OUT,
-           quiet: bool = QUIET) -> None:
+           split_by: str = SPLIT_BY, labels: Path | None = LABELS, device: str = DEVICE,
+           out: Path | None = OUT, quiet: bool = QUIET) -> None:
     """Linear probe top-1 on each frozen conv layer (pooled to ~9-10k dims)."""
     from domainclust.evaluation.linear import evaluate_linear
 
     result = evaluate_linear(checkpoint, store, layers=split_names(layer),
                              test_fraction=test_fraction, seed=seed, split_path=split,
-                             labels_path=labels, device=device, random_init=random_init,
-                             progress=not quiet)
+                             split_by=split_by, labels_path=labels, device=device,
+                             random_init=random_init, progress=not quiet)
     typer.echo(result.table())
     save_json(out, "linear.json", result.to_dict())
 
@@ -146,24 +148,55 @@ def finetune(checkpoint: Path = CHECKPOINT, store: Path = STORE,
              shots: str = typer.Option("1,5,10", "--shots", help="labelled tiles per class"),
              repeats: int = typer.Option(10, "--repeats", help="fresh shots (and random init) "
                                          "per repeat; mean and 95% CI over repeats"),
-             protocol: str = typer.Option("linear", "--protocol",
-                                          help="linear (frozen features + logistic regression) "
-                                          "| finetune (all layers) | both"),
-             split_by: str = typer.Option("auto", "--split-by", help="auto | source | blocks | "
-                                          "random: how train and test are kept apart"),
+             task: str = typer.Option("classify", "--task", help="classify (a label per tile) "
+                                      "| segment (a class per pixel: a store with masks)"),
+             protocol: str | None = typer.Option(None, "--protocol",
+                                                 help="classify: linear (default; frozen "
+                                                 "features + logistic regression) | finetune "
+                                                 "(all layers) | both; segment: frozen "
+                                                 "(default; decoder only) | finetune | both"),
+             split_by: str = SPLIT_BY,
              max_test: int | None = typer.Option(None, "--max-test", help="score on at most "
                                                  "this many held-out tiles (seeded)"),
+             steps: str | None = typer.Option(None, "--steps", help="segment: candidate "
+                                              "training lengths (default 50,100,200)"),
+             min_class_pixels: int = typer.Option(0, "--min-class-pixels", help="segment: "
+                                                  "classes rarer than this count as unlabelled"),
              test_fraction: float = TEST_FRACTION, seed: int = SEED,
              split: Path | None = SPLIT, labels: Path | None = LABELS,
              device: str = DEVICE,
              out: Path | None = typer.Option(None, "--out", help="default: RUN/eval")) -> None:
     """Low-shot accuracy: pretrained vs raw pixels, channel statistics and random init, with
-    the verdict (JSON, CSV and a PNG plot)."""
+    the verdict (JSON, CSV and a PNG plot); with --task segment, mIoU/Dice of a decoder on the
+    trunk vs majority, per-pixel logistic regression and random init (segment.json)."""
     from domainclust.evaluation.fewshot import low_shot
     from domainclust.evaluation.report import write_finetune
 
+    if task == "segment":
+        from domainclust.segmentation.protocol import low_shot_segment, segment_table, write_segment
+
+        if labels is not None:
+            raise DomainclustError("--labels gives a label per tile; --task segment reads the "
+                                   "store's masks")
+        from domainclust.segmentation.training import SegmentSettings
+
+        settings = SegmentSettings()
+        if steps is not None:
+            lengths = tuple(parse_ints(steps, what="--steps"))
+            settings = SegmentSettings(steps=lengths, default_steps=lengths[len(lengths) // 2])
+        seg = low_shot_segment(checkpoint, store, shots=parse_ints(shots, what="--shots"),
+                               repeats=repeats, protocol=protocol or "frozen", settings=settings,
+                               min_class_pixels=min_class_pixels,
+                               test_fraction=test_fraction, max_test=max_test, split_by=split_by,
+                               seed=seed, split_path=split, device=device, log=typer.echo)
+        for kind, path in write_segment(seg, out or default_out(checkpoint)).items():
+            typer.echo(f"wrote {kind}: {path}")
+        typer.echo(segment_table(seg))
+        return
+    if task != "classify":
+        raise DomainclustError(f"unknown --task '{task}'; choose classify or segment")
     result = low_shot(checkpoint, store, shots=parse_ints(shots, what="--shots"), repeats=repeats,
-                      protocol=protocol, test_fraction=test_fraction, max_test=max_test,
+                      protocol=protocol or "linear", test_fraction=test_fraction, max_test=max_test,
                       split_by=split_by, seed=seed, split_path=split, labels_path=labels,
                       device=device, log=typer.echo)
     for kind, path in write_finetune(result, out or default_out(checkpoint)).items():

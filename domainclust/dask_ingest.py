@@ -4,7 +4,8 @@ A serial ingest appends item after item; to give the same store tile for tile, t
 of every item is fixed in item order, from the tile counts the workers report. The tiles stay
 on the workers: each write task gathers the pieces of one write unit (a chunk, or a shard when
 the store is sharded) and writes it whole, so no two tasks ever write into one chunk or shard
-(concurrent partial writes into a shard corrupt it). Only this process writes labels, meta
+(concurrent partial writes into a shard corrupt it); masks, chunked like the tiles, go with
+them. Only this process writes labels, meta
 and the commit log, item by item in order, once every unit holding an item's tiles is on disk.
 A worker that dies has its tasks re-run elsewhere (reads are pure, unit writes idempotent); an
 ingest that fails leaves the committed prefix, and a re-run continues after it.
@@ -45,13 +46,18 @@ def _summarize(result: TileBatch | Skipped, item: SourceItem) -> dict[str, Any]:
             "meta": result.meta}
 
 
-def _write_unit(tiles_path: str, start: int, batches: list[Any], bounds: list[tuple[int, int]]
-                ) -> int:
-    """Write one whole chunk/shard: rows [start, start + n) gathered from item batches."""
+def _write_unit(tiles_path: str, start: int, batches: list[Any], bounds: list[tuple[int, int]],
+                masks_path: str | None = None, ignore: int | None = None) -> int:
+    """Write one whole chunk/shard: rows [start, start + n) gathered from item batches (and
+    their masks, unlabelled pixels stored as `ignore`)."""
     import zarr
 
     block = np.concatenate([b.tiles[lo:hi] for b, (lo, hi) in zip(batches, bounds)])
     zarr.open_array(tiles_path, mode="r+")[start:start + len(block)] = block
+    if masks_path is not None:
+        masks = zarr.open_array(masks_path, mode="r+")
+        m = np.concatenate([b.masks[lo:hi] for b, (lo, hi) in zip(batches, bounds)])
+        masks[start:start + len(m)] = np.where(m < 0, ignore, m).astype(masks.dtype)
     return len(block)
 
 
@@ -122,6 +128,8 @@ def _run(
 ) -> None:
     unit = writer.write_unit
     tiles_path = str(writer.path / "tiles")
+    masks_path = str(writer.path / "masks") if writer.with_masks else None
+    ignore = writer.group.attrs.get("mask_ignore")
     ahead = 2 * max(1, len(client.scheduler_info().get("workers", {})))
     empty_labels = np.zeros(0, dtype=np.int64) if "labels" in writer.group else None
 
@@ -153,7 +161,7 @@ def _run(
             if lo + take < hi:
                 rest.append((read, lo + take, hi))
         units.append((stop, client.submit(_write_unit, tiles_path, written_from, batches, bounds,
-                                          pure=False)))
+                                          masks_path, ignore, pure=False)))
         written_from, pieces = stop, rest
 
     def flush() -> None:

@@ -6,10 +6,15 @@ Layout (format 1)::
       tiles   (N, C, H, W)  uint8 | uint16 | float16, several tiles per chunk (optionally
                             several chunks per zarr v3 shard, so millions of tiles are few files)
       labels  (N,)          int64, optional (evaluation sets)
+      masks   (N, H, W)     uint8 | int16, optional: a class per pixel of every tile, chunked
+                            (and sharded) along N like `tiles`; `mask_ignore` marks
+                            unlabelled pixels
       meta/<name> (N, ...)  per-tile metadata: `source` index, `position`, adapter extras
       commits.jsonl         the writer's append-only commit log (one JSON line per commit)
       attrs: format_version, modality, channels, tile_size, dtype, scale, offset,
-             provenance, count, complete
+             provenance, count, complete; with masks also mask_ignore (the stored value of
+             an unlabelled pixel) and mask_classes (class names by id, or null)
+             ingest adds items and ingest_options (the options its tiles depend on)
 
 Tiles become floats as `tile * scale[c] + offset[c]`. A writer appends a commit line only
 after every array of a batch is written, so a crash never leaves a half-written tile visible,
@@ -23,6 +28,7 @@ A store opens for reading from a local path or an fsspec URL (`http(s)://`, `s3:
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -44,6 +50,7 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 1
 STORAGE_DTYPES = ("uint8", "uint16", "float16")
+MASK_IGNORE = {"uint8": 255, "int16": -1}  # mask dtype → the stored value of unlabelled pixels
 TARGET_CHUNK_BYTES = 2 << 20  # a chunk of ~2 MiB amortises zarr's per-chunk cost
 META_CHUNK = 4096  # rows per labels/meta chunk: appends rewrite the last chunk, keep it small
 LOG_NAME = "commits.jsonl"
@@ -82,6 +89,12 @@ class StoreSpec:
             "offset": [float(o) for o in self.offset],
             "provenance": self.provenance,
         }
+
+
+def mask_dtype_for(n_classes: int | None) -> str:
+    """The mask dtype for class ids 0..n_classes-1: uint8 when they fit beside the ignore
+    value, else int16; int16 when the number of classes is not known."""
+    return "uint8" if n_classes is not None and n_classes <= MASK_IGNORE["uint8"] else "int16"
 
 
 def default_chunk_tiles(channels: int, tile_size: int, dtype: str) -> int:
@@ -155,12 +168,26 @@ class TileStoreWriter:
         spec: StoreSpec,
         *,
         with_labels: bool = False,
+        with_masks: bool = False,
+        mask_dtype: str | None = None,
+        mask_classes: list[str] | None = None,
         chunk_tiles: int | None = None,
         shard_chunks: int | None = None,
         overwrite: bool = False,
     ) -> None:
         self.path = Path(path)
         self.spec = spec
+        self.with_masks = with_masks
+        self.mask_dtype = mask_dtype or mask_dtype_for(None if mask_classes is None
+                                                       else len(mask_classes))
+        if with_masks and self.mask_dtype not in MASK_IGNORE:
+            raise DomainclustError(f"mask dtype must be one of {tuple(MASK_IGNORE)}, "
+                                   f"got {self.mask_dtype}")
+        if with_masks and mask_classes is not None and not len(mask_classes) <= _max_class(
+                self.mask_dtype) + 1:
+            raise DomainclustError(f"{len(mask_classes)} mask classes do not fit "
+                                   f"{self.mask_dtype} masks")
+        self.mask_classes = None if mask_classes is None else [str(c) for c in mask_classes]
         self.log = CommitLog(self.path / LOG_NAME)
         self.records: list[dict[str, Any]] = []
         self._state: dict[str, Any] = {}
@@ -175,6 +202,8 @@ class TileStoreWriter:
             else:
                 self._create(with_labels=with_labels, chunk_tiles=chunk_tiles,
                              shard_chunks=shard_chunks)
+                if with_masks:
+                    self._create_masks()
         except BaseException:
             self.close()
             raise
@@ -188,8 +217,27 @@ class TileStoreWriter:
                 f"{self.path} already holds a store with different settings "
                 f"({_first_difference(old, new)}); choose another --out or delete it"
             )
+        stored = _mask_settings(self.group)
+        wanted = ({"dtype": self.mask_dtype, "ignore": MASK_IGNORE[self.mask_dtype],
+                   "classes": self.mask_classes} if self.with_masks else None)
+        if stored != wanted:
+            raise DomainclustError(
+                f"{self.path} already holds a store with different mask settings (stored "
+                f"{stored}, requested {wanted}); choose another --out or delete it"
+            )
         self._count = self._replay()
         self._truncate(self._count)
+
+    def _create_masks(self) -> None:
+        tiles = self.group["tiles"]
+        s = self.spec.tile_size
+        shards = None if tiles.shards is None else (tiles.shards[0], s, s)
+        self.group.create_array(
+            "masks", shape=(0, s, s), chunks=(tiles.chunks[0], s, s), shards=shards,
+            dtype=self.mask_dtype, compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
+        )
+        self.group.attrs.update({"mask_ignore": MASK_IGNORE[self.mask_dtype],
+                                 "mask_classes": self.mask_classes})
 
     def _create(self, *, with_labels: bool, chunk_tiles: int | None,
                 shard_chunks: int | None) -> None:
@@ -244,17 +292,29 @@ class TileStoreWriter:
         tiles: np.ndarray,
         *,
         labels: np.ndarray | None = None,
+        masks: np.ndarray | None = None,
         meta: dict[str, np.ndarray] | None = None,
         state: dict[str, Any] | None = None,
         record: dict[str, Any] | None = None,
     ) -> None:
-        """Write one batch and commit it (with its `record`/`state`) in one step."""
+        """Write one batch and commit it (with its `record`/`state`) in one step.
+
+        `masks` (n, H, W): a class id (>= 0) per pixel, negative for unlabelled pixels; a store
+        made `with_masks` needs them with every batch.
+        """
         tiles = np.asarray(tiles)
         self.check_tiles(tiles)
         n = len(tiles)
+        if self.with_masks != (masks is not None):
+            raise DomainclustError(
+                "this store " + ("needs masks for every batch" if self.with_masks else "has no masks")
+            )
+        stored_masks = self.pack_masks(masks, n=n) if masks is not None else None
         self._check_rows(n, labels=labels, meta=meta)
         if n:
             self.group["tiles"].append(tiles, axis=0)
+            if stored_masks is not None:
+                self.group["masks"].append(stored_masks, axis=0)
         self._commit(n, labels=labels, meta=meta, state=state, record=record)
 
     def check_tiles(self, tiles: np.ndarray) -> None:
@@ -265,12 +325,31 @@ class TileStoreWriter:
         if tiles.dtype != np.dtype(spec.dtype):
             raise DomainclustError(f"tiles must be {spec.dtype}, got {tiles.dtype}")
 
+    def pack_masks(self, masks: np.ndarray, *, n: int) -> np.ndarray:
+        """`masks` as stored: (n, H, W) in the mask dtype, negative values → `mask_ignore`;
+        refused when the shape is off or a class id does not fit the dtype."""
+        masks = np.asarray(masks)
+        s = self.spec.tile_size
+        if masks.shape != (n, s, s):
+            raise DomainclustError(f"masks must be ({n}, {s}, {s}) for {n} tiles of {s} px, "
+                                   f"got {masks.shape}")
+        if masks.dtype == bool:
+            masks = masks.astype(np.uint8)
+        if not np.issubdtype(masks.dtype, np.integer):
+            raise DomainclustError(f"masks must hold integer class ids, got {masks.dtype}")
+        top = _max_class(self.mask_dtype)
+        if masks.size and int(masks.max()) > top:
+            raise DomainclustError(f"mask class {int(masks.max())} does not fit {self.mask_dtype} "
+                                   f"masks (ids 0..{top}); create the store with mask_dtype='int16'")
+        ignore = MASK_IGNORE[self.mask_dtype]
+        return np.where(masks < 0, ignore, masks).astype(self.mask_dtype)
+
     def reserve(self, stop: int) -> None:
         """Grow `tiles` to `stop` rows so that other processes can write whole chunks or
         shards past the last commit; nothing there counts until `commit_written`."""
-        tiles = self.group["tiles"]
-        if stop > tiles.shape[0]:
-            tiles.resize((stop, *tiles.shape[1:]))
+        for array in self._row_arrays(per_tile=True):
+            if stop > array.shape[0]:
+                array.resize((stop, *array.shape[1:]))
 
     def commit_written(
         self,
@@ -280,7 +359,8 @@ class TileStoreWriter:
         meta: dict[str, np.ndarray] | None = None,
         record: dict[str, Any] | None = None,
     ) -> None:
-        """Commit `n` tiles that another process already wrote at `count` onwards."""
+        """Commit `n` tiles (and their masks) that another process already wrote at `count`
+        onwards."""
         if self._count + n > self.group["tiles"].shape[0]:
             raise DomainclustError(f"cannot commit {n} tiles past the reserved end of {self.path}")
         self._check_rows(n, labels=labels, meta=meta)
@@ -357,15 +437,34 @@ class TileStoreWriter:
         self.log.close()
         self.lock.release()
 
+    def _row_arrays(self, *, per_tile: bool = False) -> list[Any]:
+        """The arrays with one row per tile: `tiles` and `masks` (written in chunks by
+        parallel writers), then, unless `per_tile`, labels and meta."""
+        arrays = [self.group[name] for name in ("tiles", "masks") if name in self.group]
+        if not per_tile:
+            if "labels" in self.group:
+                arrays.append(self.group["labels"])
+            arrays += [a for _, a in self.group["meta"].arrays()]
+        return arrays
+
     def _truncate(self, count: int) -> None:
-        arrays = [self.group["tiles"]]
-        if "labels" in self.group:
-            arrays.append(self.group["labels"])
-        arrays += [a for _, a in self.group["meta"].arrays()]
-        for array in arrays:
+        for array in self._row_arrays():
             if array.shape[0] != count:
                 array.resize((count, *array.shape[1:]))
         self.group.attrs["complete"] = False
+
+
+def _max_class(dtype: str) -> int:
+    """The largest class id a mask dtype holds beside its ignore value."""
+    return MASK_IGNORE[dtype] - 1 if MASK_IGNORE[dtype] > 0 else int(np.iinfo(dtype).max)
+
+
+def _mask_settings(group: Any) -> dict[str, Any] | None:
+    """A store's mask dtype, ignore value and classes, None without masks."""
+    if "masks" not in group:
+        return None
+    return {"dtype": str(group["masks"].dtype), "ignore": group.attrs.get("mask_ignore"),
+            "classes": group.attrs.get("mask_classes")}
 
 
 def is_our_store(path: Path) -> bool:
@@ -471,9 +570,36 @@ class TileStore:
             _check_range_requests(str(self.path), storage_options)
         self._scale = np.asarray(attrs["scale"], dtype=np.float32)
         self._offset = np.asarray(attrs["offset"], dtype=np.float32)
+        self._channel_index: np.ndarray | None = None  # set on a `with_channels` view
 
     def __len__(self) -> int:
         return self.n
+
+    def with_channels(self, channels: tuple[str, ...], *, needed_by: str) -> TileStore:
+        """A view whose tiles hold `channels` in that order, picked out of each chunk as it is
+        read (nothing is copied); itself when they are its own. A channel the store lacks is
+        refused, naming it and `needed_by`."""
+        from domainclust.channels import select_channels
+
+        mapping = select_channels(wanted=channels, available=self.channels,
+                                  needed_by=needed_by, held_by=f"store {self.path}")
+        if mapping.identity:
+            return self
+        idx = np.asarray(mapping.source, dtype=np.int64)
+        base = self._channel_index
+        view = copy.copy(self)
+        view._channel_index = idx if base is None else base[idx]
+        view.channels = tuple(channels)
+        view._scale, view._offset = self._scale[idx], self._offset[idx]
+        view.attrs = {**self.attrs, "channels": list(channels),
+                      "scale": [self.attrs["scale"][i] for i in idx],
+                      "offset": [self.attrs["offset"][i] for i in idx]}
+        return view
+
+    @property
+    def tile_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of one tile as `read` returns it."""
+        return (len(self.channels), *self.tiles.shape[2:])
 
     @property
     def has_labels(self) -> bool:
@@ -482,6 +608,37 @@ class TileStore:
     @property
     def labels(self) -> np.ndarray | None:
         return self.group["labels"][: self.n] if self.has_labels else None
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether every tile has a per-pixel mask (`read_masks`)."""
+        return "masks" in self.group
+
+    @property
+    def mask_ignore(self) -> int | None:
+        """The stored value of an unlabelled mask pixel (None without masks)."""
+        return int(self.attrs["mask_ignore"]) if self.has_masks else None
+
+    @property
+    def mask_classes(self) -> list[str] | None:
+        """Class names by id when the source gave them, else None."""
+        return self.attrs.get("mask_classes") if self.has_masks else None
+
+    def read_masks(self, indices: np.ndarray, *, threads: int | None = None) -> np.ndarray:
+        """(len(indices), H, W) masks of the tiles at `indices`, as stored (unlabelled pixels
+        hold `mask_ignore`), reading each touched chunk once."""
+        if not self.has_masks:
+            raise DomainclustError(f"store {self.path} has no masks; ingest it with masks "
+                                   "(e.g. geotiff labels=..., ct/mri masks=...)")
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) and (indices.min() < 0 or indices.max() >= self.n):
+            raise DomainclustError(f"tile index out of range for {self.path} ({self.n} tiles)")
+        masks = self.group["masks"]
+        out = np.empty((len(indices), *masks.shape[1:]), dtype=masks.dtype)
+        for _, block, where in self._chunk_reads(indices, threads=threads or self.read_threads,
+                                                 array=masks):
+            out[where] = block
+        return out
 
     def meta(self, name: str) -> np.ndarray:
         return self.group["meta"][name][: self.n]
@@ -505,7 +662,7 @@ class TileStore:
     def read(self, indices: np.ndarray, *, threads: int | None = None) -> np.ndarray:
         """Tiles at `indices` (in that order), reading each touched chunk once."""
         indices = np.asarray(indices, dtype=np.int64)
-        out = np.empty((len(indices), *self.tiles.shape[1:]), dtype=self.tiles.dtype)
+        out = np.empty((len(indices), *self.tile_shape), dtype=self.tiles.dtype)
         self.read_into(out, indices, threads=threads)
         return out
 
@@ -523,8 +680,9 @@ class TileStore:
                 progress.update(len(where))
 
     def _chunk_reads(
-        self, indices: np.ndarray, *, threads: int
+        self, indices: np.ndarray, *, threads: int, array: Any = None
     ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        array = self.tiles if array is None else array
         chunk_ids = indices // self.chunk_len
         order = np.argsort(chunk_ids, kind="stable")
         bounds = np.flatnonzero(np.diff(chunk_ids[order])) + 1
@@ -534,8 +692,11 @@ class TileStore:
             chunk = int(chunk_ids[where[0]])
             start = chunk * self.chunk_len
             stop = min(start + self.chunk_len, self.n)
-            block = self.tiles[start:stop]
-            return start, block[indices[where] - start], where
+            block = array[start:stop]
+            rows = indices[where] - start
+            if self._channel_index is not None and array is self.tiles:
+                return start, block[np.ix_(rows, self._channel_index)], where
+            return start, block[rows], where
 
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             yield from pool.map(load, groups)
@@ -553,17 +714,24 @@ class TileStore:
 
 
 def write_subset(store: TileStore, indices: np.ndarray, path: Path) -> TileStore:
-    """A local store holding only `indices` of `store`, with their labels and records (e.g.
-    the tiles pretraining may see); a finished one at `path` is reused."""
+    """A local store holding only `indices` of `store`, with their labels, masks and records
+    (e.g. the tiles pretraining may see); a finished one at `path` is reused."""
     done = path / "zarr.json"
     if not (done.exists() and json.loads(done.read_text()).get("attributes", {}).get("complete")):
         a = store.attrs
         spec = StoreSpec(modality=a["modality"], channels=tuple(a["channels"]),
                          tile_size=a["tile_size"], dtype=a["dtype"], scale=tuple(a["scale"]),
                          offset=tuple(a["offset"]), provenance=a.get("provenance", {}))
-        writer = TileStoreWriter(path, spec, with_labels=store.has_labels, overwrite=True)
+        masks = store.group["masks"] if store.has_masks else None
+        writer = TileStoreWriter(path, spec, with_labels=store.has_labels,
+                                 with_masks=store.has_masks,
+                                 mask_dtype=None if masks is None else str(masks.dtype),
+                                 mask_classes=store.mask_classes, overwrite=True)
+        stored = store.read_masks(indices) if masks is not None else None
         writer.append(store.read(indices),
                       labels=store.labels[indices] if store.has_labels else None,
+                      masks=None if stored is None else np.where(
+                          stored == store.mask_ignore, -1, stored.astype(np.int64)),
                       meta={name: store.meta(name)[indices] for name in store.meta_names()})
         writer.finish()
     return TileStore(path)

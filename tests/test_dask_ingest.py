@@ -57,6 +57,9 @@ def assert_same_store(a: Path, b: Path) -> None:
         np.testing.assert_array_equal(sa.meta(name), sb.meta(name))
     if sa.has_labels or sb.has_labels:
         np.testing.assert_array_equal(sa.labels, sb.labels)
+    assert sa.has_masks == sb.has_masks
+    if sa.has_masks:
+        np.testing.assert_array_equal(sa.read_masks(np.arange(sa.n)), sb.read_masks(np.arange(sb.n)))
     assert sa.attrs == sb.attrs
     assert (a / "commits.jsonl").read_text() == (b / "commits.jsonl").read_text()
 
@@ -94,6 +97,21 @@ def test_a_sharded_dask_ingest_equals_the_serial_one(scenes, client, tmp_path) -
         run_ingest(GeoTiffAdapter(), [scenes], tmp_path / f"{name}.zarr", options=GEO,
                    progress=False, chunk_tiles=CHUNK, shard_chunks=3, dask=on)
     assert TileStore(tmp_path / "dask.zarr").tiles.shards[0] == 3 * CHUNK
+    assert_same_store(tmp_path / "serial.zarr", tmp_path / "dask.zarr")
+
+
+def test_masks_written_on_dask_equal_the_serial_ones(client, tmp_path) -> None:
+    """Workers write each unit's masks with its tiles, sharded like them."""
+    folder = tmp_path / "labelled"
+    folder.mkdir()
+    for seed in range(2):
+        make_scene(folder / f"s{seed}.tif", seed=seed, height=96, width=128,
+                   labels=folder / f"s{seed}_labels.tif")
+    options = {**GEO, "labels": "./{stem}_labels.tif"}
+    for name, on in (("serial", None), ("dask", client)):
+        run_ingest(GeoTiffAdapter(), [folder], tmp_path / f"{name}.zarr", options=options,
+                   progress=False, chunk_tiles=CHUNK, shard_chunks=2, dask=on)
+    assert TileStore(tmp_path / "dask.zarr").has_masks
     assert_same_store(tmp_path / "serial.zarr", tmp_path / "dask.zarr")
 
 

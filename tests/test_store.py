@@ -186,3 +186,99 @@ def test_a_sharded_store_is_few_files_and_reads_by_inner_chunk(tmp_path) -> None
     assert len(chunk_files) == 4  # 100 tiles: 13 chunks in 4 shards
     idx = np.array([99, 0, 31, 32, 64, 65])
     assert np.array_equal(s.read(idx)[:, 0, 0, 0], idx)
+
+
+def masks(start: int, n: int, *, classes: int = 5) -> np.ndarray:
+    """(n, 8, 8) class ids that differ per tile and per pixel, -1 (unlabelled) on one row."""
+    m = (np.arange(start, start + n)[:, None, None] + np.arange(64).reshape(8, 8)) % classes
+    m = m.astype(np.int64)
+    m[:, 0] = -1
+    return m
+
+
+def stored(m: np.ndarray, ignore: int) -> np.ndarray:
+    return np.where(m < 0, ignore, m)
+
+
+def test_masks_round_trip_pixel_for_pixel_chunked_like_the_tiles(tmp_path) -> None:
+    w = TileStoreWriter(tmp_path / "s.zarr", spec(), with_masks=True,
+                        mask_classes=["water", "forest", "crop", "soil", "urban"], chunk_tiles=16)
+    for start in range(0, 50, 20):
+        n = min(20, 50 - start)
+        w.append(tiles(start, n), masks=masks(start, n))
+    w.finish()
+    s = TileStore(tmp_path / "s.zarr")
+    assert s.has_masks and s.mask_ignore == 255 and s.group["masks"].dtype == np.uint8
+    assert s.mask_classes == ["water", "forest", "crop", "soil", "urban"]
+    assert s.group["masks"].chunks == (16, 8, 8)
+    idx = np.array([49, 0, 17, 16, 33])
+    assert np.array_equal(s.read_masks(idx), stored(masks(0, 50), 255)[idx])
+    plain = TileStoreWriter(tmp_path / "p.zarr", spec())
+    plain.append(tiles(0, 2))
+    plain.finish()
+    assert not TileStore(tmp_path / "p.zarr").has_masks
+    with pytest.raises(DomainclustError, match="has no masks"):
+        TileStore(tmp_path / "p.zarr").read_masks(np.array([0]))
+
+
+def test_many_classes_take_int16_masks_and_out_of_range_ids_are_refused(tmp_path) -> None:
+    w = TileStoreWriter(tmp_path / "s.zarr", spec(), with_masks=True, mask_dtype="int16")
+    big = np.full((1, 8, 8), 1000)
+    big[0, 0, 0] = -3
+    w.append(tiles(0, 1), masks=big)
+    w.finish()
+    s = TileStore(tmp_path / "s.zarr")
+    assert s.mask_ignore == -1 and s.mask_classes is None
+    assert s.read_masks(np.array([0]))[0, 0, 0] == -1 and s.read_masks(np.array([0]))[0, 1, 1] == 1000
+    small = TileStoreWriter(tmp_path / "u.zarr", spec(), with_masks=True, mask_dtype="uint8")
+    with pytest.raises(DomainclustError, match="does not fit uint8"):
+        small.append(tiles(0, 1), masks=np.full((1, 8, 8), 255))
+    with pytest.raises(DomainclustError, match="masks must be"):
+        small.append(tiles(0, 2), masks=np.zeros((2, 4, 4), np.uint8))
+    with pytest.raises(DomainclustError, match="needs masks"):
+        small.append(tiles(0, 1))
+    small.close()
+
+
+def test_masks_survive_a_crash_and_resume_pixel_for_pixel(tmp_path) -> None:
+    path = tmp_path / "s.zarr"
+    w = TileStoreWriter(path, spec(), with_masks=True, mask_dtype="uint8", chunk_tiles=16)
+    w.append(tiles(0, 40), masks=masks(0, 40))
+    # A crash after the next batch's tiles and masks were written, before their commit:
+    group = zarr.open_group(str(path), mode="r+")
+    group["tiles"].append(tiles(40, 25), axis=0)
+    group["masks"].append(np.full((25, 8, 8), 7, np.uint8), axis=0)
+    w.close()
+    with pytest.raises(DomainclustError, match="different mask settings"):
+        TileStoreWriter(path, spec(), chunk_tiles=16)
+    w = TileStoreWriter(path, spec(), with_masks=True, mask_dtype="uint8", chunk_tiles=16)
+    assert w.count == 40 and w.group["masks"].shape[0] == 40  # the torn batch is cut away
+    w.append(tiles(40, 25), masks=masks(40, 25))
+    w.finish()
+    s = TileStore(path)
+    assert np.array_equal(s.read_masks(np.arange(65)), stored(masks(0, 65), 255))
+
+
+def test_masks_written_by_a_parallel_writer_count_once_committed(tmp_path) -> None:
+    w = TileStoreWriter(tmp_path / "s.zarr", spec(), with_masks=True, mask_dtype="uint8",
+                        chunk_tiles=8)
+    w.reserve(24)
+    assert w.group["masks"].shape[0] == 24
+    zarr.open_array(str(tmp_path / "s.zarr" / "masks"), mode="r+")[0:16] = stored(masks(0, 16), 255)
+    zarr.open_array(str(tmp_path / "s.zarr" / "tiles"), mode="r+")[0:16] = tiles(0, 16)
+    w.commit_written(16)
+    w.finish()  # the reserved rows past the commit are cut away
+    s = TileStore(tmp_path / "s.zarr")
+    assert s.n == 16 and s.group["masks"].shape[0] == 16
+    assert np.array_equal(s.read_masks(np.arange(16)), stored(masks(0, 16), 255))
+
+
+def test_a_subset_store_carries_masks_and_their_classes(tmp_path) -> None:
+    w = TileStoreWriter(tmp_path / "s.zarr", spec(), with_masks=True, mask_classes=list("abcde"))
+    w.append(tiles(0, 10), masks=masks(0, 10))
+    w.finish()
+    full = TileStore(tmp_path / "s.zarr")
+    idx = np.array([1, 7, 8])
+    sub = write_subset(full, idx, tmp_path / "sub.zarr")
+    assert sub.mask_classes == list("abcde") and sub.mask_ignore == full.mask_ignore
+    assert np.array_equal(sub.read_masks(np.arange(3)), full.read_masks(idx))

@@ -15,11 +15,15 @@ Label rasters (`labels` option): one path (a raster on the scene's pixel grid), 
 `{stem}` resolved next to each scene, e.g. `./{stem}_labels.tif` or `../masks/{stem}.tif`.
 Each tile's label is the majority class of its labelled pixels (ties: the smaller class), or
 -1 where the label raster holds only nodata (classes are non-negative integers; negative values
-count as nodata). Files matching the rule are not taken as scenes.
+count as nodata). Files matching the rule are not taken as scenes. The label pixels of every
+tile are kept beside it as its mask (the store's `masks`, nodata unlabelled; the label raster is
+on the scene's grid, so a pixel's class is read, never interpolated), with the class names when
+the raster carries GDAL category names (`<raster>.aux.xml`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections import Counter
 from dataclasses import dataclass
@@ -32,21 +36,28 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from domainclust.errors import DomainclustError
-from domainclust.ingest import Skip, SourceItem, TileBatch, run_ingest
+from domainclust.ingest import MaskLayout, Skip, SourceItem, TileBatch, run_ingest, store_key
 from domainclust.modality import Modality
-from domainclust.store import StoreSpec
+from domainclust.store import StoreSpec, mask_dtype_for
 from domainclust.modalities.geo.options import DEFAULTS, BandRequest, GeoOptions, parse_options
 from domainclust.modalities.geo.reader import open_scene, scene_has_valid_pixel
 from domainclust.modalities.geo.scenes import (
     Scene,
     SceneError,
+    fill_values,
     gdal_message,
     probe_scene,
     tile_grid,
     valid_pixels,
 )
 from domainclust.modalities.geo.stack import SceneSource, find_scene_sources, probe_stack
-from domainclust.modalities.geo.stats import Normalisation, choose_normalisation, robust_range, sample_pixels
+from domainclust.modalities.geo.stats import (
+    LOSSLESS_SOURCES,
+    Normalisation,
+    choose_normalisation,
+    robust_range,
+    sample_pixels,
+)
 
 BLOCK_PX = 1024  # an item's window: ~54 MB as float32 for 13 bands, and few commits per scene
 SENTINEL2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10",
@@ -113,6 +124,9 @@ class GeoTiffAdapter:
         provenance = {
             "adapter": "geotiff",
             "scenes": [paths[i] for i in sorted(paths)],
+            "scene_keys": [scene_key(it.info["name"]) for it in
+                           sorted({it.info["index"]: it for it in items}.values(),
+                                  key=lambda it: it.info["index"])],
             "crs": crs_table([scenes[i] for i in sorted(scenes)]),
             "band_indexes": [list(scenes[i].bands) if i in scenes and not scenes[i].stack
                              else None for i in sorted(paths)],
@@ -140,6 +154,67 @@ class GeoTiffAdapter:
     def has_labels(self, items: list[SourceItem], options: dict[str, Any]) -> bool:
         return parse_options(options).labels is not None
 
+    def continue_store(
+        self, items: list[SourceItem], attrs: dict[str, Any], options: dict[str, Any]
+    ) -> tuple[list[SourceItem], dict[str, Any] | None]:
+        """Items that resume or extend the store `attrs` describes, and its provenance after.
+
+        The store's normalisation is kept, so new scenes are scaled like those it holds (values
+        beyond its stretch are clipped and counted in the report); a scene it holds keeps its
+        number, a new one and a new CRS are numbered after the last. A store that keeps its
+        source integers losslessly refuses a scene whose values would not fit them.
+        """
+        prov = attrs.get("provenance", {})
+        if "scene_keys" not in prov:  # written before scenes were recorded: keep as found
+            return items, None
+        norm = stored_normalisation(prov, storage=str(attrs["dtype"]))
+        fresh = self.spec(items, options).provenance  # this run's scenes, by this run's index
+        merged = {**fresh, **{k: prov[k] for k in STORED_STATISTICS if k in prov}}
+        for name in PER_SCENE:
+            merged[name] = list(prov.get(name, []))
+        merged["crs"] = list(prov["crs"])
+        number: dict[int, int] = {}
+        for i, key in enumerate(fresh["scene_keys"]):
+            if key not in merged["scene_keys"]:
+                for name in PER_SCENE:
+                    merged[name].append(fresh[name][i])
+            number[i] = merged["scene_keys"].index(key)
+        out = []
+        for item in items:
+            info = {**item.info, "index": number[item.info["index"]]}
+            scene: Scene | None = info.get("scene")
+            if scene is not None and norm.raw and scene.dtype not in LOSSLESS_SOURCES[norm.storage]:
+                info = {k: info[k] for k in ("index", "name")}
+                info["error"] = (f"is {scene.dtype}, but the store keeps {norm.storage} source "
+                                 "values losslessly; ingest it into another store")
+            elif scene is not None:
+                if scene.crs not in merged["crs"]:
+                    merged["crs"].append(scene.crs)
+                info.update(scene=dataclasses.replace(scene, index=info["index"]),
+                            crs=merged["crs"].index(scene.crs),
+                            layout=dataclasses.replace(info["layout"], norm=norm))
+            out.append(dataclasses.replace(item, info=info))
+        if not any("scene" in it.info for it in out):
+            reasons = sorted({it.info["error"] for it in out})
+            raise DomainclustError(f"none of the scenes can be added to the store: "
+                                   f"{'; '.join(reasons)}")
+        return out, merged
+
+    def mask_layout(self, items: list[SourceItem], options: dict[str, Any]) -> MaskLayout | None:
+        """With label rasters, a mask per tile: uint8 for 8-bit label rasters, else int16;
+        class names from the first label raster that names its categories."""
+        if parse_options(options).labels is None:
+            return None
+        rasters = list(dict.fromkeys(it.info["scene"].labels for it in items
+                                     if "scene" in it.info and it.info["scene"].labels))
+        eight_bit = True
+        for path in rasters:
+            with rasterio.open(path) as lab:
+                eight_bit &= lab.dtypes[0] in ("uint8", "int8")
+        names = next((n for n in map(category_names, rasters) if n), None)
+        dtype = mask_dtype_for(len(names) if names else 255 if eight_bit else None)
+        return MaskLayout(dtype=dtype, classes=names)
+
     def read(self, item: SourceItem, options: dict[str, Any]) -> TileBatch:
         if "error" in item.info:
             raise Skip(item.info["error"], files=item.info.get("files"))
@@ -161,15 +236,18 @@ class GeoTiffAdapter:
         fractions = np.array([valid[r:r + t, c:c + t].mean() for r, c in offsets])
         keep = np.flatnonzero((fractions > 0) & (1.0 - fractions <= opts.max_nodata + 1e-9))
         kept = [offsets[k] for k in keep]
+        fills = int(np.count_nonzero(fill_values(data)))
         tiles = np.stack([data[:, r:r + t, c:c + t] for r, c in kept]) if kept else (
             np.zeros((0, data.shape[0], t, t), data.dtype))
         masks = np.stack([valid[r:r + t, c:c + t] for r, c in kept]) if kept else (
             np.zeros((0, t, t), bool))
         position = np.array([(window.row_off + r, window.col_off + c) for r, c in kept],
                             dtype=np.int64).reshape(-1, 2)
+        stored, clipped = layout.norm.quantise(tiles, masks)
         return TileBatch(
-            tiles=layout.norm.quantise(tiles, masks),
+            tiles=stored,
             labels=None if label_px is None else majority_labels(label_px, kept, tile_size=t),
+            masks=None if label_px is None else label_tiles(label_px, kept, tile_size=t),
             meta={
                 "scene": np.full(len(kept), scene.index, dtype=np.int32),
                 "position": position,
@@ -178,6 +256,7 @@ class GeoTiffAdapter:
                 "valid_fraction": fractions[keep].astype(np.float32),
             },
             skipped_tiles=len(offsets) - len(kept),
+            counts={"values_clipped": clipped, "fill_values": fills},
         )
 
 
@@ -243,6 +322,11 @@ def _probe_all(found: list[SceneSource], opts: GeoOptions) -> tuple[list[Scene],
             small = (f"is {scene.width}x{scene.height} px, smaller than one "
                      f"{opts.tile_size} px tile")
             problems[i] = (small, [])
+        elif rows * cols > opts.max_scene_tiles:
+            big = (f"is {scene.width}x{scene.height} px: {rows * cols} tiles of "
+                   f"{opts.tile_size} px, above max_scene_tiles={opts.max_scene_tiles}; "
+                   "check its header, or raise max_scene_tiles for a scene that big")
+            problems[i] = (big, [])
         scenes.append(scene)
     return scenes, problems
 
@@ -285,6 +369,24 @@ def band_layout(
     return tuple(str(n) for n in names), problems
 
 
+PER_SCENE = ("scenes", "scene_keys", "band_indexes", "band_files", "nodata_values")
+STORED_STATISTICS = ("statistics", "stretch_range", "storage", "normalisation")
+
+
+def scene_key(name: Path | str) -> str:
+    """What the store knows a scene by: a digest of its path (the store holds no path)."""
+    return store_key(str(name))
+
+
+def stored_normalisation(provenance: dict[str, Any], *, storage: str) -> Normalisation:
+    """The normalisation a store's provenance records (as `spec` writes it)."""
+    stats = provenance["statistics"]
+    return Normalisation(
+        low=tuple(float(v) for v in stats["low"]), high=tuple(float(v) for v in stats["high"]),
+        storage=storage, raw=provenance["storage"] == "lossless source integers",
+        stretch=tuple((float(a), float(b)) for a, b in provenance["stretch_range"]))
+
+
 def crs_table(scenes: list[Scene]) -> list[str]:
     """The distinct CRS of `scenes`, in order of first use: meta/crs indexes into it."""
     return list(dict.fromkeys(s.crs for s in scenes))
@@ -323,13 +425,43 @@ def majority_labels(
     return out
 
 
+def label_tiles(
+    label_px: np.ndarray, offsets: list[tuple[int, int]], *, tile_size: int
+) -> np.ndarray:
+    """(n, T, T) class of every pixel of each tile, -1 where the label raster has nodata."""
+    t = tile_size
+    if not offsets:
+        return np.zeros((0, t, t), dtype=np.int64)
+    return np.stack([label_px[r:r + t, c:c + t] for r, c in offsets])
+
+
+def category_names(path: str) -> list[str] | None:
+    """The class names GDAL keeps for band 1 of a label raster (`CategoryNames` in its
+    `.aux.xml`), None when it names none."""
+    import xml.etree.ElementTree as ET
+
+    aux = Path(f"{path}.aux.xml")
+    if not aux.is_file():
+        return None
+    try:
+        root = ET.parse(aux).getroot()
+    except ET.ParseError:
+        return None
+    for band in root.iter("PAMRasterBand"):
+        if band.get("band", "1") == "1":
+            names = [c.text or "" for c in band.iter("Category")]
+            return names or None
+    return None
+
+
 def _read_labels(path: str, window: Window) -> np.ndarray:
     """Integer classes in `window` of a label raster; its nodata (and NaN) become -1."""
     with rasterio.open(path) as lab:
         values = lab.read(1, window=window)
         nodata = lab.nodata
     valid = valid_pixels(values[None], (nodata,))
-    classes = np.rint(np.where(valid, values, -1)).astype(np.int64)
+    # As floats first: -1 does not fit an 8-bit label raster's dtype (it would wrap to 255).
+    classes = np.rint(np.where(valid, values.astype(np.float64), -1)).astype(np.int64)
     classes[classes < 0] = -1
     return classes
 

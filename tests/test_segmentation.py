@@ -1,0 +1,179 @@
+"""Low-shot segmentation: the decoder on every trunk, the scores, the shot draw, the baselines,
+and `segment.json` written by the real protocol on a store ingested from GeoTIFFs with masks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geotiff_data as gd  # kept next to the tests (prepend import mode)
+import numpy as np
+import pytest
+import torch
+from domainclust.modalities.geo.geotiff import MODALITY
+from typer.testing import CliRunner
+
+from domainclust.cli import app
+from domainclust.config import resolve
+from domainclust.deepcluster import pretrain
+from domainclust.errors import DomainclustError
+from domainclust.evaluation.features import read_float_tiles
+from domainclust.evaluation.fewshot import judge
+from domainclust.evaluation.lowshot_result import Row, load_lowshot
+from domainclust.model import DeepClusterNet, ModelSpec
+from domainclust.segmentation import SegmentationNet, SegmentSettings, confusion, scores
+from domainclust.segmentation.baselines import fit_pixel_logistic, neighbourhood_features
+from domainclust.segmentation.protocol import (
+    class_masks,
+    low_shot_segment,
+    presence,
+    sample_shot_tiles,
+    segment_table,
+    write_segment,
+)
+from domainclust.store import TileStore
+
+pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
+TILE = 32
+FAST = SegmentSettings(lrs=(0.01, 0.05), steps=(3, 6), default_steps=3, batch_size=8,
+                       decoder_width=16)
+
+
+@pytest.mark.parametrize(("arch", "stem", "tile"), [
+    ("alexnet", "stride1", 32), ("alexnet", "stride2", 64), ("alexnet", "imagenet", 128),
+    ("vgg16", "stride1", 32), ("vgg16", "stride2", 64), ("vgg16", "imagenet", 64),
+    ("resnet18", "stride1", 32), ("resnet18", "stride2", 64), ("resnet18", "imagenet", 64),
+    ("resnet50", "stride1", 40),
+])
+def test_the_decoder_answers_at_the_tile_size_for_every_trunk(arch: str, stem: str,
+                                                              tile: int) -> None:
+    spec = ModelSpec(arch=arch, frontend="none", channels=("a", "b", "c"), raw_channels=(),
+                     tile_size=tile, stem=stem, width=0.125)
+    net = SegmentationNet(DeepClusterNet(spec, n_clusters=2), n_classes=5, width=8)
+    out = net(torch.randn(2, 3, tile, tile))
+    assert out.shape == (2, 5, tile, tile)
+    assert len(net.stages) >= 4  # several stages feed the decoder
+    out.sum().backward()
+    assert all(p.grad is not None for p in net.decoder_parameters())
+
+
+def test_scores_of_a_hand_made_confusion() -> None:
+    true = np.array([[0, 0, 1, 1], [2, 2, -1, -1]])
+    pred = np.array([[0, 1, 1, 1], [2, 0, 1, 2]])
+    m = confusion(true, pred, n_classes=3)
+    assert m.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]  # the -1 pixels are ignored
+    got = scores(m, names=["water", "crop", "urban"])
+    assert got["iou/water"] == pytest.approx(1 / 3) and got["iou/crop"] == pytest.approx(2 / 3)
+    assert got["iou/urban"] == pytest.approx(1 / 2)
+    assert got["miou"] == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)
+    assert got["pixel_accuracy"] == pytest.approx(4 / 6) and "dice" not in got
+    binary = scores(confusion(np.array([0, 1, 1, 1]), np.array([1, 1, 1, 0]), n_classes=2))
+    assert binary["dice"] == pytest.approx(2 * 2 / (3 + 3))
+    absent = scores(confusion(np.array([0, 0]), np.array([0, 1]), n_classes=3))
+    assert set(absent) == {"miou", "pixel_accuracy", "iou/0"}  # only classes present count
+
+
+def row(method: str, protocol: str, values: list[float]) -> Row:
+    return Row(method=method, protocol=protocol, shots=4, metric="miou",
+               mean=float(np.mean(values)), ci_low=None, ci_high=None, repeats=len(values),
+               values=values)
+
+
+def test_the_verdict_compares_with_the_strongest_baseline_on_miou() -> None:
+    rows = [row("majority", "none", [0.2, 0.2, 0.2]),
+            row("pixel_logistic", "none", [0.5, 0.52, 0.48]),
+            row("random_init", "frozen", [0.4, 0.45, 0.42]),
+            row("pretrained", "frozen", [0.6, 0.63, 0.61])]
+    v = judge(rows, shots=4, protocol="frozen", metric="miou")
+    assert v.best_baseline == "pixel_logistic/none" and v.result == "helped"
+    assert v.difference == pytest.approx(0.34 / 3)
+    rows[-1] = row("pretrained", "frozen", [0.45, 0.55, 0.5])
+    assert judge(rows, shots=4, protocol="frozen", metric="miou").result == "inconclusive"
+
+
+def test_shot_tiles_show_every_class_or_are_refused() -> None:
+    masks = np.zeros((6, 4, 4), np.int64)
+    masks[1, 0, 0] = 1  # class 1 only in tile 1, class 2 only in tile 4
+    masks[4, 1, 1] = 2
+    present = presence(masks, n_classes=3)
+    for seed in range(5):
+        idx = sample_shot_tiles(present, np.arange(6), shots=3,
+                                rng=np.random.default_rng(seed))
+        assert len(idx) == 3 and present[idx].any(0).all()
+    with pytest.raises(DomainclustError, match="shows every class"):
+        sample_shot_tiles(present, np.arange(6), shots=1, rng=np.random.default_rng(0))
+    with pytest.raises(DomainclustError, match="appear in no training tile"):
+        sample_shot_tiles(present, np.array([0, 2, 3]), shots=3, rng=np.random.default_rng(0))
+
+
+@pytest.fixture(scope="module")
+def masked_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tests' Sentinel-2-like scenes ingested with their land-cover rasters as masks."""
+    root = tmp_path_factory.mktemp("seg")
+    gd.write_sample_set(root / "scenes")
+    out = root / "s2.zarr"
+    MODALITY.ingest([root / "scenes"], out, workers=1, progress=False,
+                    options={**MODALITY.defaults, "tile_size": TILE,
+                             "labels": "./{stem}_labels.tif", "bands": [2, 3, 4, 8]})
+    return out
+
+
+@pytest.fixture(scope="module")
+def masked_run(masked_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("seg_run") / "run"
+    config = resolve(recipe={}, overrides=[f"store={masked_store}", "k=5", "epochs=1",
+                                           "batch_size=16", "pca_dim=8", "model.width=0.125",
+                                           "frontend=none"])
+    pretrain(config, run, progress=False, log=lambda _: None)
+    return run
+
+
+def test_pixel_logistic_learns_land_cover_from_the_bands(masked_store: Path) -> None:
+    store = TileStore(masked_store)
+    classes, masks = class_masks(store)
+    x = read_float_tiles(store, np.arange(store.n), tile_size=TILE)
+    assert neighbourhood_features(x[:2]).shape == (2 * TILE * TILE, 4 * 9)
+    train, test = np.arange(0, store.n, 2), np.arange(1, store.n, 2)
+    model, choice = fit_pixel_logistic(x[train], masks[train], n_classes=len(classes),
+                                       folds=[], seed=0)
+    got = scores(confusion(masks[test], model.predict(x[test]), n_classes=len(classes)))
+    assert not choice["validated"] and got["pixel_accuracy"] > 0.9  # signatures separate
+
+
+def test_segment_json_from_the_real_protocol(masked_store: Path, masked_run: Path,
+                                             tmp_path: Path) -> None:
+    result = low_shot_segment(masked_run, masked_store, shots=[1, 4], repeats=2,
+                              protocol="both", settings=FAST, device="cpu")
+    keys = {(r.method, r.protocol, r.shots) for r in result.rows}
+    nets = {(m, p, s) for m in ("random_init", "pretrained") for p in ("frozen", "finetune")
+            for s in (1, 4)}
+    assert keys == nets | {(m, "none", s) for m in ("majority", "pixel_logistic") for s in (1, 4)}
+    metrics = {r.metric for r in result.rows}
+    assert {"miou", "pixel_accuracy"} <= metrics and any(m.startswith("iou/") for m in metrics)
+    assert result.split.startswith("grouped spatial blocks")
+    for method in ("random_init", "pretrained"):
+        assert all(not c["validated"] for c in result.row(method, "frozen", 1, "miou").choices)
+        assert all(c["validated"] and c["lr"] in FAST.lrs
+                   for c in result.row(method, "finetune", 4, "miou").choices)
+    assert result.row("pixel_logistic", "none", 4, "miou").mean > result.row(
+        "majority", "none", 4, "miou").mean
+    assert [v.shots for v in result.verdict] == [1, 4]
+    assert segment_table(result).splitlines()[-1].startswith("verdict at 4 shot tiles (miou)")
+    paths = write_segment(result, tmp_path)
+    data = json.loads(paths["json"].read_text())
+    assert set(data) >= {"rows", "split", "verdict"} and set(data["verdict"]) == {"1", "4"}
+    assert load_lowshot(paths["json"]).verdict[1].method == "pretrained/frozen"
+
+
+def test_cli_finetune_task_segment(masked_store: Path, masked_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(app, [
+        "finetune", "--task", "segment", "--checkpoint", str(masked_run), "--store",
+        str(masked_store), "--shots", "2", "--repeats", "1", "--device", "cpu",
+        "--steps", "2,4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "verdict at 2 shot tiles" in result.output
+    assert json.loads((out / "segment.json").read_text())["settings"]["task"] == "segment"
+    plain = CliRunner().invoke(app, ["finetune", "--task", "segment", "--checkpoint",
+                                     str(masked_run), "--store", str(masked_run / "nothing")])
+    assert plain.exit_code != 0
