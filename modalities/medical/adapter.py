@@ -1,9 +1,10 @@
 """The part of the CT and MR adapters that is the same for both.
 
 `MedicalAdapter` implements the ingest `Adapter` protocol: discovery walks the sources for
-DICOM files (grouped into series) and NIfTI files; `read` turns one item into a volume, resamples
-it in-plane, drops background tiles and gathers 2-D tiles or 2.5-D slabs. What differs between
-CT and MR (intensity scaling, background, channels) is an `Encoder` the subclass provides.
+DICOM files (grouped into series), NIfTI and NRRD files; `read` turns one item into a volume,
+resamples it in-plane, drops background tiles and gathers 2-D tiles or 2.5-D slabs. What differs
+between CT and MR (intensity scaling, background, channels) is an `Encoder` the subclass
+provides. With `masks=` every tile keeps its mask and a label from it (see `masks.py`).
 
 Per-tile geometry goes to meta arrays: `position` (slice index, row, column of the tile's
 top-left pixel, in the resampled slice), `slice_position` (mm along the slice normal),
@@ -22,11 +23,21 @@ import numpy as np
 import torch
 
 from domainclust.errors import DomainclustError
-from domainclust.ingest import Skip, SourceItem, TileBatch
+from domainclust.ingest import MaskLayout, Skip, SourceItem, TileBatch
 from domainclust.store import StoreSpec
 from domainclust.modalities.medical.dicom import group_series, load_multiframe, load_series
+from domainclust.modalities.medical.masks import (
+    UNLABELLED,
+    check_grid,
+    class_ids,
+    pair_items,
+    resample_mask,
+    tile_labels,
+)
 from domainclust.modalities.medical.nifti import is_nifti, load_nifti
+from domainclust.modalities.medical.nrrd import detached_data_files, is_nrrd, load_nrrd
 from domainclust.modalities.medical.tiles import (
+    check_resampled_size,
     gather_tiles,
     pad_to_tile,
     resample_inplane,
@@ -51,6 +62,13 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "spacing_tolerance": 0.1,  # relative deviation of a slice step still called regular
     "max_volumes": 1,  # 4-D NIfTI: how many volumes (time points) to use
     "salt": "domainclust",  # mixed into the hashed item keys; set your own to unlink them
+    "max_voxels": 1_000_000_000,  # a volume larger than this once resampled and padded (4 GB
+    # as float32) is skipped, named, before anything is allocated: a header in metres, a
+    # PixelSpacing of 300 or a 2x2x3 000 000 volume asks for tens of GB
+    "masks": None,  # a folder of mask volumes or a CSV of image,mask pairs (see masks.py)
+    "ignore": None,  # the mask value of unlabelled voxels
+    "label_fraction": 0.1,  # with masks: a tile is labelled 1 when at least this fraction of
+    # its labelled pixels is foreground (mask > 0), else 0
 }
 
 
@@ -68,6 +86,10 @@ class TileOptions:
     spacing_tolerance: float
     max_volumes: int
     salt: str
+    max_voxels: int
+    masks: Path | None
+    ignore: int | None
+    label_fraction: float
 
 
 def _number(options: dict[str, Any], key: str, kind: type, *, minimum: float,
@@ -101,6 +123,11 @@ def parse_common(options: dict[str, Any]) -> TileOptions:
         spacing_tolerance=_number(merged, "spacing_tolerance", float, minimum=0.0),
         max_volumes=_number(merged, "max_volumes", int, minimum=1),
         salt=str(merged["salt"]),
+        max_voxels=_number(merged, "max_voxels", int, minimum=1),
+        masks=None if merged["masks"] in (None, "") else Path(str(merged["masks"])),
+        ignore=None if merged["ignore"] is None else _number(merged, "ignore", int,
+                                                               minimum=-2**31),
+        label_fraction=_number(merged, "label_fraction", float, minimum=0.0, maximum=1.0),
     )
 
 
@@ -146,6 +173,7 @@ class MedicalAdapter:
     name: str = ""
     dicom_modality: str = ""  # the DICOM Modality this adapter accepts
     hounsfield: bool = False  # apply the modality LUT (HU) to every slice
+    untracked_options = ("salt",)  # it changes item keys, not tiles, and stays secret
 
     # -- what a subclass provides -------------------------------------------------------
     def parse(self, options: dict[str, Any]) -> Any:
@@ -175,12 +203,17 @@ class MedicalAdapter:
                     info={"skip": "is an empty folder"}))
             for path in files:
                 paths.setdefault(path.resolve(), path)
-        for path in (p for p in paths.values() if is_nifti(p)):
-            items.append(SourceItem(key=f"nifti-{hashed(opts.salt, str(path.resolve()))}",
-                                    paths=[path], info={"kind": "nifti"}))
+        for path in (p for p in paths.values() if is_nifti(p) or is_nrrd(p)):
+            kind = "nifti" if is_nifti(path) else "nrrd"
+            items.append(SourceItem(key=f"{kind}-{hashed(opts.salt, str(path.resolve()))}",
+                                    paths=[path], info={"kind": kind}))
+        detached = {d for p in paths.values() for d in detached_data_files(p)}  # .nhdr data
         # Series are grouped across all sources: one series may be given file by file.
-        items += group_series([p for p in paths.values() if not is_nifti(p)],
+        items += group_series([p for p in paths.values() if not (is_nifti(p) or is_nrrd(p))
+                               and p.resolve() not in detached],
                               expected=self.dicom_modality, adapter=self.name, salt=opts.salt)
+        if opts.masks is not None:
+            items = pair_items(items, masks=opts.masks, salt=opts.salt)
         unique = {item.key: item for item in items}  # e.g. one empty folder given twice
         return sorted(unique.values(), key=lambda item: item.key)
 
@@ -189,6 +222,7 @@ class MedicalAdapter:
         channels = self.channel_names(opts)
         scale, offset = self.scale_offset(opts)
         public = {k: v for k, v in asdict(opts).items() if k != "salt"}
+        public["masks"] = opts.masks is not None  # the store holds no path
         return StoreSpec(
             modality=self.name, channels=channels, tile_size=opts.tile_size, dtype="uint8",
             scale=(scale,) * len(channels), offset=(offset,) * len(channels),
@@ -202,11 +236,17 @@ class MedicalAdapter:
                     "spacing": "(slice step, row, column) in mm after resampling",
                     "volume": "volume index within a 4-D NIfTI (0 otherwise)",
                 },
+                **({"labels": f"1 when at least {opts.label_fraction:g} of the tile's labelled "
+                              "mask pixels are foreground (> 0), 0 otherwise, -1 with none"}
+                   if opts.masks is not None else {}),
             },
         )
 
     def has_labels(self, items: list[SourceItem], options: dict[str, Any]) -> bool:
-        return False
+        return self.parse(options).masks is not None  # each tile's label from its mask
+
+    def mask_layout(self, items: list[SourceItem], options: dict[str, Any]) -> MaskLayout | None:
+        return MaskLayout(dtype="int16") if self.parse(options).masks is not None else None
 
     def read(self, item: SourceItem, options: dict[str, Any]) -> TileBatch:
         if "skip" in item.info:
@@ -217,15 +257,20 @@ class MedicalAdapter:
                   "irregular": opts.irregular}
         kind = item.info["kind"]
         dropped: list[tuple[int, str]] = []
-        if kind == "nifti":
-            volumes = load_nifti(item.paths[0], max_volumes=opts.max_volumes)
+        mask = None
+        if kind in ("nifti", "nrrd"):
+            load = load_nifti if kind == "nifti" else load_nrrd
+            volumes = load(item.paths[0], max_volumes=opts.max_volumes)
+            if item.info.get("mask"):
+                mask = self.load_mask(item.paths[1], image=volumes[0], opts=opts)
         elif kind == "dicom-frames":
             volumes = [load_multiframe(item.paths[0], **common)]
         else:
             volume, dropped = load_series(item.paths, **common)
             volumes = [volume]
         try:
-            parts = [self.tile_volume(v, opts, volume_index=i) for i, v in enumerate(volumes)]
+            parts = [self.tile_volume(v, opts, volume_index=i, mask=mask)
+                     for i, v in enumerate(volumes)]
         except Skip as exc:
             raise Skip(str(exc), files=dropped) from None
         batch = _concat(parts)
@@ -240,12 +285,32 @@ class MedicalAdapter:
         offsets = range(-(opts.slab // 2), opts.slab // 2 + 1)
         return tuple(f"{c}_z{o:+d}" for c in per_slice for o in offsets)
 
-    def tile_volume(self, volume: Volume, opts: Any, *, volume_index: int) -> TileBatch:
-        """Resample, fit the intensity encoder, drop background tiles, gather and encode."""
+    @staticmethod
+    def load_mask(path: Path, *, image: Volume, opts: Any) -> np.ndarray:
+        """The class ids of the mask at `path` on `image`'s (reoriented) grid, -1 unlabelled."""
+        load = load_nifti if is_nifti(path) else load_nrrd
+        if not path.is_file():
+            raise Skip("mask: the file does not exist")
+        try:
+            mask = load(path, max_volumes=1)[0]
+        except Skip as exc:
+            raise Skip(f"mask: {exc}") from None
+        check_grid(image, mask)
+        return class_ids(mask, ignore=opts.ignore)
+
+    def tile_volume(self, volume: Volume, opts: Any, *, volume_index: int,
+                    mask: np.ndarray | None = None) -> TileBatch:
+        """Resample, fit the intensity encoder, drop background tiles, gather and encode; with
+        a `mask` (class ids on the volume's grid) also its tiles and their labels."""
+        check_resampled_size(volume.values.shape, spacing_yx=volume.spacing[1:],
+                             target=opts.spacing, tile=opts.tile_size, limit=opts.max_voxels)
         values, (sy, sx) = resample_inplane(volume.values, spacing_yx=volume.spacing[1:],
                                             target=opts.spacing)
         encoder = self.encoder(volume, values, opts)
         background = encoder.background(values)
+        if mask is not None:  # nearest neighbour onto the resampled grid, padded unlabelled
+            mask = resample_mask(mask, shape=values.shape[1:])
+            mask, _ = pad_to_tile(mask, background, tile=opts.tile_size, fill=UNLABELLED)
         values, background = pad_to_tile(values, background, tile=opts.tile_size,
                                           fill=encoder.fill)
         n_slices = len(values)
@@ -267,14 +332,22 @@ class MedicalAdapter:
             "spacing": np.tile(np.float32([volume.spacing[0], sy, sx]), (n, 1)),
             "volume": np.full(n, volume_index, dtype=np.int16),
         }
-        return TileBatch(tiles=tiles, meta=meta, skipped_tiles=chosen.dropped)
+        if mask is None:
+            return TileBatch(tiles=tiles, meta=meta, skipped_tiles=chosen.dropped)
+        masks = gather_tiles(mask, slabs=chosen.z[:, None], y=chosen.y, x=chosen.x,
+                             tile=t)[:, 0].astype(np.int16)
+        return TileBatch(tiles=tiles, meta=meta, skipped_tiles=chosen.dropped, masks=masks,
+                         labels=tile_labels(masks, fraction=opts.label_fraction))
 
 
 def _concat(parts: list[TileBatch]) -> TileBatch:
     if len(parts) == 1:
         return parts[0]
+    masked = parts[0].masks is not None
     return TileBatch(
         tiles=np.concatenate([p.tiles for p in parts]),
+        masks=np.concatenate([p.masks for p in parts]) if masked else None,
+        labels=np.concatenate([p.labels for p in parts]) if masked else None,
         meta={k: np.concatenate([p.meta[k] for p in parts]) for k in parts[0].meta},
         skipped_tiles=sum(p.skipped_tiles for p in parts),
     )
