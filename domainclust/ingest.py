@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from domainclust.atomic import atomic_write_text
 from domainclust.errors import DomainclustError
+from domainclust.salt import salt_id
 from domainclust.store import StoreSpec, TileStoreWriter, is_our_store
 
 REPORT_SUFFIX = ".ingest-report.json"  # the report sits beside the store: it names files by path
@@ -345,13 +346,18 @@ def check_destinations(*, out: Path, sources: list[Path], report: Path | None) -
 
 
 OPTIONS_ATTR = "ingest_options"  # the store attribute holding the options its tiles depend on
+SALT_ID = "salt_id"  # among them: the one-way id of the item keys' salt (`domainclust.salt`)
 
 
 def tracked_options(adapter: Adapter, options: dict[str, Any]) -> dict[str, Any]:
     """The ingest options that decide what the tiles hold, as JSON values: part of the store's
-    identity. An adapter's `untracked_options` (a salt, a work-item size) are left out."""
+    identity. An adapter's `untracked_options` (a salt, a work-item size) are left out; an
+    adapter that salts its item keys (`key_salt(options)`) adds the salt's one-way id."""
     untracked = set(getattr(adapter, "untracked_options", ()))
     kept = {k: v for k, v in sorted(options.items()) if k not in untracked}
+    key_salt = getattr(adapter, "key_salt", None)
+    if key_salt is not None:
+        kept[SALT_ID] = salt_id(key_salt(options))
     return json.loads(json.dumps(kept, default=str))
 
 
@@ -363,6 +369,13 @@ def check_same_options(stored: dict[str, Any] | None, options: dict[str, Any], *
     if stored is None:
         return
     for key in sorted(set(stored) & set(options)):
+        if key == SALT_ID and stored[key] != options[key]:
+            raise DomainclustError(
+                f"{store} was ingested with another key salt (salt id {stored[key]}, this run's "
+                f"{options[key]}): its items would all look new. Resume or extend it where it "
+                "was made, or pass that installation's salt (its config folder's `salt` file) "
+                "with --set salt=..."
+            )
         if stored[key] != options[key]:
             was, now = json.dumps(stored[key]), json.dumps(options[key])
             raise DomainclustError(

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# The per-installation key salt of the whole session (and its subprocesses) lives in a fresh
+# folder, not in the user's configuration.
+os.environ["DOMAINCLUST_CONFIG_DIR"] = tempfile.mkdtemp(prefix="domainclust-config-")
 
 from pathlib import Path  # noqa: E402
 

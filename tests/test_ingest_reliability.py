@@ -20,6 +20,7 @@ from medical_data import NIBABEL_DATA, ct_series, ingest, pydicom_file
 
 from domainclust.errors import DomainclustError
 from domainclust.ingest import SourceItem, TileBatch, run_ingest
+from domainclust.salt import config_dir, installation_salt, salt_id
 from domainclust.store import StoreSpec, TileStore
 
 SMALL = {"spacing": None, "tile_size": 32, "max_background": 1.0}
@@ -42,6 +43,30 @@ def test_resume_and_add_with_other_options_are_refused_naming_them(tmp_path: Pat
     assert again["tiles_written"] == first["tiles_written"]
     stored = json.loads((out / "zarr.json").read_text())["attributes"]["ingest_options"]
     assert stored["spacing"] is None and "salt" not in stored  # the salt never enters a store
+    assert stored["salt_id"] == salt_id(installation_salt())
+
+
+def item_keys(store: Path) -> list[str]:
+    return json.loads((store / "zarr.json").read_text())["attributes"]["items"]
+
+
+def test_item_keys_take_a_random_salt_made_once_per_installation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ct_series(tmp_path / "a", slices=3)
+    first = tmp_path / "first.zarr"
+    ingest(CT, [tmp_path / "a"], first, **SMALL)
+    salt_file = config_dir() / "salt"
+    assert salt_file.stat().st_mode & 0o777 == 0o600 and len(installation_salt()) == 32
+    ingest(CT, [tmp_path / "a"], tmp_path / "again.zarr", **SMALL)
+    assert item_keys(tmp_path / "again.zarr") == item_keys(first)  # the same salt, kept
+    ingest(CT, [tmp_path / "a"], tmp_path / "given.zarr", **SMALL, salt="my own")
+    assert set(item_keys(tmp_path / "given.zarr")).isdisjoint(item_keys(first))
+
+    monkeypatch.setenv("DOMAINCLUST_CONFIG_DIR", str(tmp_path / "other-installation"))
+    assert installation_salt() != salt_file.read_text().strip()  # a new random one there
+    with pytest.raises(DomainclustError, match="another key salt"):
+        ingest(CT, [tmp_path / "a"], first, **SMALL)  # a resume elsewhere would re-add it all
+    assert TileStore(first).n > 0 and item_keys(first)
 
 
 def nifti_copy(path: Path, *, shape: tuple[int, ...] | None = None,

@@ -24,6 +24,7 @@ import torch
 
 from domainclust.errors import DomainclustError
 from domainclust.ingest import MaskLayout, Skip, SourceItem, TileBatch
+from domainclust.salt import installation_salt
 from domainclust.store import StoreSpec
 from domainclust.modalities.medical.dicom import group_series, load_multiframe, load_series
 from domainclust.modalities.medical.masks import (
@@ -61,7 +62,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     # are missing always splits the volume into runs, and slabs never span it)
     "spacing_tolerance": 0.1,  # relative deviation of a slice step still called regular
     "max_volumes": 1,  # 4-D NIfTI: how many volumes (time points) to use
-    "salt": "domainclust",  # mixed into the hashed item keys; set your own to unlink them
+    "salt": None,  # mixed into the hashed item keys; None: this installation's random salt
     "max_voxels": 1_000_000_000,  # a volume larger than this once resampled and padded (4 GB
     # as float32) is skipped, named, before anything is allocated: a header in metres, a
     # PixelSpacing of 300 or a 2x2x3 000 000 volume asks for tens of GB
@@ -122,7 +123,7 @@ def parse_common(options: dict[str, Any]) -> TileOptions:
         irregular=merged["irregular"],
         spacing_tolerance=_number(merged, "spacing_tolerance", float, minimum=0.0),
         max_volumes=_number(merged, "max_volumes", int, minimum=1),
-        salt=str(merged["salt"]),
+        salt=installation_salt() if merged["salt"] in (None, "") else str(merged["salt"]),
         max_voxels=_number(merged, "max_voxels", int, minimum=1),
         masks=None if merged["masks"] in (None, "") else Path(str(merged["masks"])),
         ignore=None if merged["ignore"] is None else _number(merged, "ignore", int,
@@ -174,6 +175,10 @@ class MedicalAdapter:
     dicom_modality: str = ""  # the DICOM Modality this adapter accepts
     hounsfield: bool = False  # apply the modality LUT (HU) to every slice
     untracked_options = ("salt",)  # it changes item keys, not tiles, and stays secret
+
+    def key_salt(self, options: dict[str, Any]) -> str:
+        """The salt of the item keys (the store records only its id)."""
+        return parse_common(options).salt
 
     # -- what a subclass provides -------------------------------------------------------
     def parse(self, options: dict[str, Any]) -> Any:
