@@ -44,6 +44,7 @@ from domainclust.device import (
 from domainclust.device_batches import AugmentedBatches, StagedTiles
 from domainclust.distributed import SINGLE, Dist
 from domainclust.errors import DomainclustError
+from domainclust.export import spec_from_dict
 from domainclust.extract import extract_features
 from domainclust.kmeans import kmeans
 from domainclust.metrics import cluster_size_stats, nmi, nmi_on_common
@@ -155,8 +156,7 @@ def train_one_epoch(
 
 
 def _check_checkpoint(state: dict[str, Any], spec: ModelSpec, store: TileStore, run: RunDir) -> None:
-    saved = ModelSpec(**{**state["spec"], "channels": tuple(state["spec"]["channels"]),
-                         "raw_channels": tuple(state["spec"]["raw_channels"])})
+    saved = spec_from_dict(state["spec"], source=run.checkpoint_path)
     if saved.channels != spec.channels:
         raise DomainclustError(
             f"checkpoint {run.checkpoint_path} was trained on channels {list(saved.channels)} but "

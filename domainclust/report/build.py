@@ -21,6 +21,7 @@ from domainclust.atomic import atomic_write, atomic_write_text
 from domainclust.device import resolve_device
 from domainclust.errors import DomainclustError
 from domainclust.evaluation.lowshot_result import load_lowshot
+from domainclust.export import spec_from_dict
 from domainclust.model import ModelSpec, Trunk
 from domainclust.report.curves import cluster_size_figure, metrics_figure
 from domainclust.report.figures import Figure
@@ -94,8 +95,7 @@ def write_report(
             "make the report once the first epoch is done"
         )
     epoch, history = int(state["epoch"]), list(state["history"])
-    spec = ModelSpec(**{**state["spec"], "channels": tuple(state["spec"]["channels"]),
-                        "raw_channels": tuple(state["spec"]["raw_channels"])})
+    spec = spec_from_dict(state["spec"], source=run.checkpoint_path)
     device = resolve_device("auto")
     trained = _trunk(spec, state["model"]).to(device)
     with torch.random.fork_rng(devices=[]):
