@@ -101,10 +101,12 @@ def select_then_test(variants: dict[str, list[str]], *, stages: dict[str, tuple]
     """Every variant pretrained on the `select` pool and scored at `rank_shots` on validation
     tiles; the one with the best mean pretrained top-1 there is then pretrained on the `test`
     pool and scored once at `shots` on the test tiles, so nothing is chosen on the test split.
-    Returns the chosen variant and its test result."""
+    `{stage}` in an override stands for the stage's name, for a pool or an init that differs
+    between stages. Returns the chosen variant and its test result."""
     def run(stage: str, name: str) -> dict:
         split, pool = stages[stage]
-        return run_variant(name, variants[name], recipe=recipe, run=out / stage / name,
+        overrides = [o.replace("{stage}", stage) for o in variants[name]]
+        return run_variant(name, overrides, recipe=recipe, run=out / stage / name,
                            pool=pool, store=store, labels=labels, split=split, repeats=repeats,
                            shots=rank_shots if stage == "select" else shots, max_test=max_test)
 

@@ -28,6 +28,7 @@ from lowshot import add_driver_arguments, parse_variants, select_then_test, writ
 
 from domainclust.evaluation.data import (
     Split, class_counts, grouped_split, labels_within, store_split, tile_groups)
+from domainclust.modalities.geo.bands import SENSORS
 from domainclust.modality import get_modality
 from domainclust.store import TileStore
 
@@ -41,7 +42,9 @@ def dataset(name: str) -> Path:
 
 
 def write_scene(path: Path) -> Path:
-    """The six reflective bands as one float32 GeoTIFF (nodata -99999)."""
+    """The six reflective bands as one float32 GeoTIFF (nodata -99999), each described by its
+    common name (blue, green, red, nir, swir1, swir2), so the store's channels line up by name
+    with other sensors'."""
     if path.exists():
         return path
     layers = []
@@ -55,6 +58,7 @@ def write_scene(path: Path) -> Path:
     tmp = path.with_suffix(".tmp.tif")
     with rasterio.open(tmp, "w", **profile) as dst:
         dst.write(np.stack(layers))
+        dst.descriptions = tuple(SENSORS["landsat-etm"].channel(f"B{band[0]}") for band in BANDS)
     tmp.rename(path)
     return path
 
