@@ -60,6 +60,15 @@ def balanced(indices: np.ndarray, labels: np.ndarray, *, rng: np.random.Generato
     return np.sort(np.concatenate([lesion, drawn]))
 
 
+def volumes(store: TileStore, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(lung2's tiles, lung1's tiles, lesion tiles per source). Sources are recorded in item-key
+    order, so each volume is found by its tumour size instead: lung2's is the larger one."""
+    source = np.asarray(store.meta("source"))
+    lesions = {int(s): int((labels[source == s] == 1).sum()) for s in np.unique(source)}
+    train_source = max(lesions, key=lesions.get)
+    return np.flatnonzero(source == train_source), np.flatnonzero(source != train_source), lesions
+
+
 def prepare(out: Path, *, tile: int, stride: int, spacing: float, lesion: float, gap: int,
             seed: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
@@ -75,13 +84,8 @@ def prepare(out: Path, *, tile: int, stride: int, spacing: float, lesion: float,
     labels = lesion_labels(store, lesion=lesion)
     labels_path = out / "labels.npy"
     np.save(labels_path, labels)
-    # Sources are recorded in item-key order: find each volume by its tumour size instead.
-    source = np.asarray(store.meta("source"))
     z = np.asarray(store.meta("position"))[:, 0].astype(np.int64)
-    lesions = {int(s): int((labels[source == s] == 1).sum()) for s in np.unique(source)}
-    train_source = max(lesions, key=lesions.get)  # lung2's tumour is the larger one
-    train = np.flatnonzero(source == train_source)
-    test = np.flatnonzero(source != train_source)
+    train, test, lesions = volumes(store, labels)
     cut = int(np.median(z[train][labels[train] == 1]))
     lower, upper = train[z[train] < cut - gap], train[z[train] >= cut]
     rng = np.random.default_rng(seed)

@@ -4,6 +4,7 @@ and `segment.json` written by the real protocol on a store ingested from GeoTIFF
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import geotiff_data as gd  # kept next to the tests (prepend import mode)
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from domainclust.modalities.geo.geotiff import MODALITY
+from sklearn.utils.class_weight import compute_class_weight
 from typer.testing import CliRunner
 
 from domainclust.cli import app
@@ -31,6 +33,7 @@ from domainclust.segmentation.protocol import (
     segment_table,
     write_segment,
 )
+from domainclust.segmentation.training import balanced_weights, predict_masks, train_segmenter
 from domainclust.store import TileStore
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
@@ -138,6 +141,31 @@ def test_pixel_logistic_learns_land_cover_from_the_bands(masked_store: Path) -> 
                                        folds=[], seed=0)
     got = scores(confusion(masks[test], model.predict(x[test]), n_classes=len(classes)))
     assert not choice["validated"] and got["pixel_accuracy"] > 0.9  # signatures separate
+
+
+def test_balanced_classes_find_more_of_the_rarest_class(masked_store: Path) -> None:
+    store = TileStore(masked_store)
+    classes, masks = class_masks(store)
+    k, y = len(classes), torch.as_tensor(masks)
+    x = read_float_tiles(store, np.arange(store.n), tile_size=TILE)
+    labelled = masks[masks >= 0]
+    np.testing.assert_allclose(balanced_weights(y, n_classes=k).numpy(), compute_class_weight(
+        "balanced", classes=np.arange(k), y=labelled), rtol=1e-5)
+    rare = int(np.argmin(np.bincount(labelled, minlength=k)))
+    spec = ModelSpec(arch="resnet18", frontend="none", channels=tuple("abcd"), raw_channels=(),
+                     tile_size=TILE, stem="stride1", width=0.125)
+    found = {}
+    for balance in (False, True):
+        torch.manual_seed(0)
+        net = SegmentationNet(DeepClusterNet(spec, n_clusters=2), n_classes=k, width=8)
+        settings = replace(FAST, balance_classes=balance)
+        train_segmenter(net, x, y, lr=0.05, steps=(30,), frozen=True, settings=settings, seed=0)
+        pixel, choice = fit_pixel_logistic(x, masks, n_classes=k, folds=[], seed=0,
+                                           balanced=balance)
+        assert choice["balanced"] is balance
+        found[balance] = [int((predict_masks(net, x) == rare).sum()),
+                          int((pixel.predict(x) == rare).sum())]
+    assert all(b > u for b, u in zip(found[True], found[False])), found
 
 
 def test_segment_json_from_the_real_protocol(masked_store: Path, masked_run: Path,

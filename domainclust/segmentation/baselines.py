@@ -45,7 +45,7 @@ class PixelLogistic:
 
     @classmethod
     def fit(cls, x: torch.Tensor, y: np.ndarray, *, n_classes: int, penalty: float,
-            seed: int) -> PixelLogistic:
+            seed: int, balanced: bool = False) -> PixelLogistic:
         f, t = neighbourhood_features(x), y.ravel()
         keep = np.flatnonzero(t >= 0)
         rng = np.random.default_rng(seed)
@@ -53,7 +53,8 @@ class PixelLogistic:
             keep = np.sort(rng.choice(keep, size=MAX_PIXELS, replace=False))
         f, t = f[keep], t[keep]
         mean, std = f.mean(0), f.std(0) + 1e-6
-        model = LogisticRegression(C=penalty, max_iter=300)
+        model = LogisticRegression(C=penalty, max_iter=300,
+                                   class_weight="balanced" if balanced else None)
         seen = np.unique(t)
         if len(seen) > 1:
             model.fit((f - mean) / std, t)
@@ -72,22 +73,27 @@ class PixelLogistic:
 
 
 def fit_pixel_logistic(x: torch.Tensor, y: np.ndarray, *, n_classes: int, folds: list,
-                       seed: int) -> tuple[PixelLogistic, dict[str, object]]:
+                       seed: int, balanced: bool = False
+                       ) -> tuple[PixelLogistic, dict[str, object]]:
     """The penalty with the best mean inner-CV mIoU over `folds` (tile index pairs), refitted
-    on every shot; the default penalty when `folds` is empty."""
+    on every shot; the default penalty when `folds` is empty. `balanced`: classes weighted by
+    the inverse of their pixel share."""
     penalty, validated = DEFAULT_PENALTY, False
     if folds:
         means = []
         for c in PENALTIES:
             fold_scores = []
             for tr, va in folds:
-                fit = PixelLogistic.fit(x[tr], y[tr], n_classes=n_classes, penalty=c, seed=seed)
+                fit = PixelLogistic.fit(x[tr], y[tr], n_classes=n_classes, penalty=c, seed=seed,
+                                        balanced=balanced)
                 matrix = confusion(y[va], fit.predict(x[va]), n_classes=n_classes)
                 fold_scores.append(scores(matrix)["miou"])
             means.append(np.mean(fold_scores))
         penalty, validated = PENALTIES[int(np.argmax(means))], True
-    model = PixelLogistic.fit(x, y, n_classes=n_classes, penalty=penalty, seed=seed)
-    return model, {"C": penalty, "validated": validated, "neighbourhood": NEIGHBOURHOOD}
+    model = PixelLogistic.fit(x, y, n_classes=n_classes, penalty=penalty, seed=seed,
+                              balanced=balanced)
+    return model, {"C": penalty, "validated": validated, "neighbourhood": NEIGHBOURHOOD,
+                   "balanced": balanced}
 
 
 def majority_class(y: np.ndarray) -> int:

@@ -182,7 +182,8 @@ def low_shot_segment(
             run_seed = derive_seed(seed, r, s, 1)
             record("majority", BASELINE_PROTOCOL, s, np.full_like(y_test, majority_class(y)), {})
             folds = tile_folds(len(idx), folds=settings.folds, seed=run_seed)
-            pixel, picked = fit_pixel_logistic(x, y, n_classes=k, folds=folds, seed=run_seed)
+            pixel, picked = fit_pixel_logistic(x, y, n_classes=k, folds=folds, seed=run_seed,
+                                               balanced=settings.balance_classes)
             record("pixel_logistic", BASELINE_PROTOCOL, s, pixel.predict(x_test), picked)
             for method in NETWORKS:
                 for proto in protocols:

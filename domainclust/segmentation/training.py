@@ -36,6 +36,20 @@ class SegmentSettings:
     flip: bool = False  # flips and quarter turns (tile and mask together): off for anatomy
     folds: int = 2
     decoder_width: int = 32
+    # Weight every class by the inverse of its share of the shots' labelled pixels (sklearn's
+    # "balanced"), networks and pixel baseline alike: a rare class such as a small tumour is
+    # otherwise learnt as never present.
+    balance_classes: bool = False
+
+
+def balanced_weights(y: torch.Tensor, *, n_classes: int) -> torch.Tensor:
+    """(n_classes,) labelled pixels / (classes present x pixels of each class); 1 for a class
+    absent from `y` (no pixel of it is weighted)."""
+    counts = torch.bincount(y[y >= 0].ravel(), minlength=n_classes).double()
+    present = counts > 0
+    weights = torch.ones(n_classes, dtype=torch.float64)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights.float()
 
 
 def tile_folds(n: int, *, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -86,6 +100,9 @@ def train_segmenter(
     params = net.decoder_parameters() if frozen else list(net.parameters())
     optimizer = sgd(params, lr=lr, momentum=s.momentum, weight_decay=s.weight_decay)
     batch = min(s.batch_size, len(x))
+    n_classes = net.classify.out_channels
+    weight = (balanced_weights(y, n_classes=n_classes).to(device) if s.balance_classes
+              else None)
     order, cursor = torch.randperm(len(x), generator=generator), 0
     results: dict[int, float] = {}
     for step in range(1, max(steps) + 1):
@@ -106,7 +123,7 @@ def train_segmenter(
             logits = net.decode(maps, size=tuple(xb.shape[-2:]))
         else:
             logits = net(xb)
-        loss = F.cross_entropy(logits, yb, ignore_index=-1)
+        loss = F.cross_entropy(logits, yb, weight=weight, ignore_index=-1)
         optimizer.zero_grad(set_to_none=False)
         loss.backward()
         optimizer.step()
