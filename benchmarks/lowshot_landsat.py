@@ -63,14 +63,20 @@ def write_scene(path: Path) -> Path:
     return path
 
 
-def prepare(out: Path, *, min_tiles: int, val_fraction: float, seed: int) -> dict:
+def ingest_scene(out: Path) -> TileStore:
+    """The scene as 32 px tiles at stride 16 with the land-cover map as labels (and masks),
+    under `out` (a finished store is reused)."""
     out.mkdir(parents=True, exist_ok=True)
     scene = write_scene(out / "lsat7_2000.tif")
     store_path = out / "store.zarr"
     get_modality("geotiff").ingest(
         [scene], store_path, progress=False, workers=1,
         options={"tile_size": 32, "stride": 16, "labels": str(dataset("strata.tif"))})
-    store = TileStore(store_path)
+    return TileStore(store_path)
+
+
+def prepare(out: Path, *, min_tiles: int, val_fraction: float, seed: int) -> dict:
+    store = ingest_scene(out)
     labels = np.asarray(store.labels).copy()
     classes, counts = np.unique(labels[labels >= 0], return_counts=True)
     labels[np.isin(labels, classes[counts < min_tiles])] = -1

@@ -23,26 +23,18 @@ never present.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 from lowshot_ct import RECIPE, TEST, TRAIN, balanced, prepare, volumes
+from segment import add_segment_arguments, score
 
 from domainclust.config import resolve
 from domainclust.deepcluster import pretrain
 from domainclust.evaluation.data import Split, save_split
 from domainclust.modality import load_recipe
-from domainclust.segmentation.protocol import (
-    class_masks,
-    low_shot_segment,
-    presence,
-    segment_table,
-    tile_majority,
-    write_segment,
-)
-from domainclust.segmentation.training import SegmentSettings
+from domainclust.segmentation.protocol import class_masks, presence, tile_majority
 from domainclust.store import TileStore
 
 # README "Real lung CTs with tumour masks": the chosen variant, as lowshot_ct.py pretrained it.
@@ -80,14 +72,9 @@ def main() -> None:
                     help="lowshot_ct.py's output folder (store.zarr, test-pretrain.zarr)")
     ap.add_argument("--checkpoint", type=Path, default=None,
                     help="pretrained run (default: CT/test/none, pretrained there when missing)")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--shots", default="2,5,10", help="labelled tiles per repeat")
-    ap.add_argument("--protocol", default="frozen", help="frozen | finetune | both")
-    ap.add_argument("--lrs", default="0.01,0.03")
-    ap.add_argument("--steps", default="50,150")
     ap.add_argument("--balance-classes", action="store_true",
                     help="weight each class by the inverse of its pixel share in the shots")
-    ap.add_argument("--seed", type=int, default=0)
+    add_segment_arguments(ap)
     args = ap.parse_args()
     start = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -101,26 +88,8 @@ def main() -> None:
                                     *PRETRAIN])
         pretrain(config, run, progress=False, log=lambda m: print(f"[pretrain] {m}", flush=True))
     split = make_split(store, args.out, seed=args.seed)
-    steps = tuple(int(s) for s in args.steps.split(","))
-    settings = SegmentSettings(lrs=tuple(float(v) for v in args.lrs.split(",")), steps=steps,
-                               default_steps=steps[0], flip=False,
-                               balance_classes=args.balance_classes)
-    result = low_shot_segment(run, store, shots=[int(s) for s in args.shots.split(",")],
-                              repeats=args.repeats, protocol=args.protocol, settings=settings,
-                              split_path=split, seed=args.seed, device="auto",
-                              log=lambda m: print(m, flush=True))
-    paths = write_segment(result, args.out)
-    print(segment_table(result))
-    iou = sorted({r.metric for r in result.rows if r.metric.startswith("iou/")})
-    for r in result.rows:
-        if r.metric == "miou":
-            cells = [f"IoU {m[4:]} {100 * result.row(r.method, r.protocol, r.shots, m).mean:.1f}"
-                     for m in iou]
-            dice = result.row(r.method, r.protocol, r.shots, "dice")
-            print(f"{r.method}/{r.protocol} {r.shots} tiles: {', '.join(cells)}, Dice "
-                  f"{100 * dice.mean:.1f}")
-    print(f"wrote {paths['json']}; {time.time() - start:.0f} s in all")
-    print(json.dumps({str(v.shots): v.result for v in result.verdict}))
+    score(args, run=run, store=store, split=split, out=args.out, start=start, flip=False,
+          balance_classes=args.balance_classes)
 
 
 if __name__ == "__main__":

@@ -17,37 +17,24 @@ labelled pixels in the scene are scored as unlabelled.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
-from lowshot_landsat import RECIPE, dataset, write_scene
+from lowshot_landsat import RECIPE, ingest_scene
+from segment import add_segment_arguments, score
 
 from domainclust.config import resolve
 from domainclust.deepcluster import pretrain
 from domainclust.evaluation.data import class_counts, save_split, store_split
-from domainclust.modality import get_modality, load_recipe
-from domainclust.segmentation.protocol import (
-    class_masks,
-    low_shot_segment,
-    segment_table,
-    tile_majority,
-    write_segment,
-)
-from domainclust.segmentation.training import SegmentSettings
-from domainclust.store import TileStore, write_subset
+from domainclust.modality import load_recipe
+from domainclust.segmentation.protocol import class_masks, tile_majority
+from domainclust.store import write_subset
 
 
 def prepare(out: Path, *, min_class_pixels: int, seed: int) -> tuple[Path, Path, Path]:
     """The masked store, the split file and the pretraining pool (the training tiles)."""
-    out.mkdir(parents=True, exist_ok=True)
-    scene = write_scene(out / "lsat7_2000.tif")
-    store_path = out / "store.zarr"
-    get_modality("geotiff").ingest(
-        [scene], store_path, progress=False, workers=1,
-        options={"tile_size": 32, "stride": 16, "labels": str(dataset("strata.tif"))})
-    store = TileStore(store_path)
+    store = ingest_scene(out)
     classes, masks = class_masks(store, min_pixels=min_class_pixels)
     labels = tile_majority(masks, n_classes=len(classes))
     split = store_split(store, labels, split_path=None, test_fraction=0.2, seed=seed)
@@ -58,7 +45,7 @@ def prepare(out: Path, *, min_class_pixels: int, seed: int) -> tuple[Path, Path,
     print(f"labelled pixels per class, training side {pixels}, test side {test_pixels}")
     print(f"tiles by majority class, train {class_counts(labels[split.train])}")
     pool = write_subset(store, split.train, out / "pretrain.zarr")
-    return store_path, out / "split.npz", pool.path
+    return store.path, out / "split.npz", pool.path
 
 
 def main() -> None:
@@ -66,13 +53,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/segment-landsat"))
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="landsat recipe override for pretraining (key=value)")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--shots", default="2,5,10", help="labelled tiles per repeat")
-    ap.add_argument("--protocol", default="frozen", help="frozen | finetune | both")
-    ap.add_argument("--lrs", default="0.01,0.03")
-    ap.add_argument("--steps", default="50,150")
     ap.add_argument("--min-class-pixels", type=int, default=2000)
-    ap.add_argument("--seed", type=int, default=0)
+    add_segment_arguments(ap)
     args = ap.parse_args()
     start = time.time()
     store, split, pool = prepare(args.out, min_class_pixels=args.min_class_pixels,
@@ -85,26 +67,8 @@ def main() -> None:
         (run / "eval").mkdir(parents=True, exist_ok=True)
         (run / "eval" / "pretrained.done").write_text("")
     print(f"pretrained in {time.time() - start:.0f} s", flush=True)
-    steps = tuple(int(s) for s in args.steps.split(","))
-    settings = SegmentSettings(lrs=tuple(float(v) for v in args.lrs.split(",")), steps=steps,
-                               default_steps=steps[0], flip=True)
-    result = low_shot_segment(run, store, shots=[int(s) for s in args.shots.split(",")],
-                              repeats=args.repeats, protocol=args.protocol, settings=settings,
-                              split_path=split, min_class_pixels=args.min_class_pixels,
-                              seed=args.seed, device="auto",
-                              log=lambda m: print(m, flush=True))
-    paths = write_segment(result, run / "eval")
-    print(segment_table(result))
-    iou = sorted({r.metric for r in result.rows if r.metric.startswith("iou/")})
-    for r in result.rows:
-        if r.metric == "miou":
-            per_class = ", ".join(
-                f"{m[4:]} {100 * result.row(r.method, r.protocol, r.shots, m).mean:.1f}"
-                for m in iou)
-            print(f"{r.method}/{r.protocol} {r.shots} tiles: IoU per class {per_class}")
-    print(f"wrote {paths['json']}; {time.time() - start:.0f} s in all")
-    print(json.dumps({str(v.shots): v.result for v in result.verdict}))
-
+    score(args, run=run, store=store, split=split, out=run / "eval", start=start, flip=True,
+          min_class_pixels=args.min_class_pixels)
 
 if __name__ == "__main__":
     np.seterr(all="ignore")
