@@ -25,8 +25,9 @@ import torch
 from domainclust.errors import DomainclustError
 from domainclust.ingest import MaskLayout, Skip, SourceItem, TileBatch
 from domainclust.salt import installation_salt
-from domainclust.store import StoreSpec
+from domainclust.store import StoreSpec, mask_dtype_for
 from domainclust.modalities.medical.dicom import group_series, load_multiframe, load_series
+from domainclust.modalities.medical.dicom_seg import OVERLAP_MODES, load_seg_mask, seg_classes
 from domainclust.modalities.medical.masks import (
     UNLABELLED,
     check_grid,
@@ -68,6 +69,8 @@ COMMON_DEFAULTS: dict[str, Any] = {
     # PixelSpacing of 300 or a 2x2x3 000 000 volume asks for tens of GB
     "masks": None,  # a folder of mask volumes or a CSV of image,mask pairs (see masks.py)
     "ignore": None,  # the mask value of unlabelled voxels
+    "seg_overlap": "refuse",  # DICOM SEG pixels in segments of two classes: refuse the SEG,
+    # give them the higher segment number's class (last) or leave them unlabelled
     "label_fraction": 0.1,  # with masks: a tile is labelled 1 when at least this fraction of
     # its labelled pixels is foreground (mask > 0), else 0
 }
@@ -90,6 +93,7 @@ class TileOptions:
     max_voxels: int
     masks: Path | None
     ignore: int | None
+    seg_overlap: str
     label_fraction: float
 
 
@@ -114,6 +118,9 @@ def parse_common(options: dict[str, Any]) -> TileOptions:
     slab = _number(merged, "slab", int, minimum=1)
     if slab % 2 == 0:
         raise DomainclustError(f"--set slab={slab}: the slab must be odd (centre slice ± n)")
+    if merged["seg_overlap"] not in OVERLAP_MODES:
+        raise DomainclustError(f"--set seg_overlap={merged['seg_overlap']!r}: use "
+                               f"{', '.join(OVERLAP_MODES)}")
     if merged["irregular"] not in ("skip", "keep"):
         raise DomainclustError(f"--set irregular={merged['irregular']!r}: use skip or keep")
     return TileOptions(
@@ -128,6 +135,7 @@ def parse_common(options: dict[str, Any]) -> TileOptions:
         masks=None if merged["masks"] in (None, "") else Path(str(merged["masks"])),
         ignore=None if merged["ignore"] is None else _number(merged, "ignore", int,
                                                                minimum=-2**31),
+        seg_overlap=merged["seg_overlap"],
         label_fraction=_number(merged, "label_fraction", float, minimum=0.0, maximum=1.0),
     )
 
@@ -174,7 +182,10 @@ class MedicalAdapter:
     name: str = ""
     dicom_modality: str = ""  # the DICOM Modality this adapter accepts
     hounsfield: bool = False  # apply the modality LUT (HU) to every slice
-    untracked_options = ("salt",)  # it changes item keys, not tiles, and stays secret
+    # The salt changes item keys, not tiles, and stays secret; `masks` is a path, which the
+    # store never holds: a paired item's key hashes its mask's path, and the store's mask
+    # settings record whether there are masks.
+    untracked_options = ("salt", "masks")
 
     def key_salt(self, options: dict[str, Any]) -> str:
         """The salt of the item keys (the store records only its id)."""
@@ -251,7 +262,11 @@ class MedicalAdapter:
         return self.parse(options).masks is not None  # each tile's label from its mask
 
     def mask_layout(self, items: list[SourceItem], options: dict[str, Any]) -> MaskLayout | None:
-        return MaskLayout(dtype="int16") if self.parse(options).masks is not None else None
+        if self.parse(options).masks is None:
+            return None
+        classes = seg_classes(items)  # DICOM SEGs name their classes; label volumes do not
+        return MaskLayout(dtype="int16" if classes is None else mask_dtype_for(len(classes)),
+                          classes=classes)
 
     def read(self, item: SourceItem, options: dict[str, Any]) -> TileBatch:
         if "skip" in item.info:
@@ -271,9 +286,14 @@ class MedicalAdapter:
         elif kind == "dicom-frames":
             volumes = [load_multiframe(item.paths[0], **common)]
         else:
-            volume, dropped = load_series(item.paths, **common)
+            series = item.paths[:-1] if item.info.get("mask") else item.paths
+            volume, dropped = load_series(series, **common)
             volumes = [volume]
         try:
+            if kind == "dicom-series" and item.info.get("mask"):
+                mask = load_seg_mask(item.paths[-1], series=series, dropped=dropped,
+                                     volume=volume, segments=item.info["segments"],
+                                     overlap=opts.seg_overlap)
             parts = [self.tile_volume(v, opts, volume_index=i, mask=mask)
                      for i, v in enumerate(volumes)]
         except Skip as exc:

@@ -29,6 +29,12 @@ import torch.nn.functional as F
 
 from domainclust.errors import DomainclustError
 from domainclust.ingest import Skip, SourceItem
+from domainclust.modalities.medical.dicom_seg import (
+    find_segs,
+    is_seg,
+    number_classes,
+    pair_series,
+)
 from domainclust.modalities.medical.volume import Volume, hashed
 
 MASK_SUFFIXES = ("_label", "_labels", "_mask", "_seg", "-label", "-labels", "-mask", "-seg")
@@ -73,12 +79,12 @@ def read_pairs_csv(path: Path) -> dict[Path, Path]:
     return pairs
 
 
-def find_masks(masks: Path, images: list[Path]) -> dict[Path, list[Path]]:
-    """{image: candidate masks} by name in the folder `masks` (or from the CSV `masks`)."""
-    if not masks.exists():
-        raise DomainclustError(f"--set masks={masks}: no such folder or CSV file")
+def find_masks(masks: Path, images: list[Path], *,
+               pairs: dict[Path, Path] | None = None) -> dict[Path, list[Path]]:
+    """{image: candidate masks} by name in the folder `masks`, or from the CSV's `pairs`
+    (none when `masks` is a DICOM SEG file)."""
     if masks.is_file():
-        pairs = read_pairs_csv(masks)
+        pairs = pairs or {}
         return {image: [pairs[image.resolve()]] if image.resolve() in pairs else []
                 for image in images}
     files = [p for p in masks.rglob("*") if p.is_file() and p.name.lower().endswith(
@@ -99,22 +105,24 @@ def find_masks(masks: Path, images: list[Path]) -> dict[Path, list[Path]]:
 
 
 def pair_items(items: list[SourceItem], *, masks: Path, salt: str) -> list[SourceItem]:
-    """Volume items with their mask as a second path (key from both), mask files taken out of
-    the images, and every image without exactly one mask (and every DICOM series) skipped with
-    the reason."""
+    """Items with their mask as a last path (key from both): volumes by name or CSV, DICOM
+    series with the DICOM SEG that references them (see `dicom_seg.py`); mask files taken out
+    of the images, and every image without exactly one mask skipped with the reason."""
+    if not masks.exists():
+        raise DomainclustError(f"--set masks={masks}: no such folder, CSV or DICOM SEG file")
+    rows = read_pairs_csv(masks) if masks.is_file() and not is_seg(masks) else None
+    segs = find_segs(masks, csv_masks=None if rows is None else list(rows.values()))
+    seg_paths = {seg.path.resolve() for seg in segs}
+    items = pair_series(items, segs=segs, rows=rows, salt=salt)
     volumes = [item for item in items if item.info.get("kind") in ("nifti", "nrrd")]
-    found = find_masks(masks, [item.paths[0] for item in volumes])
+    found = find_masks(masks, [item.paths[0] for item in volumes], pairs=rows)
     used = {m.resolve() for candidates in found.values() if len(candidates) == 1
             for m in candidates}
     out = []
     for item in items:
         kind = item.info.get("kind")
-        if "skip" in item.info:
+        if "skip" in item.info or kind not in ("nifti", "nrrd"):
             out.append(item)
-        elif kind not in ("nifti", "nrrd"):
-            out.append(replace(item, info={"skip": "masks pair with NIfTI or NRRD volumes only; "
-                                           "convert the DICOM series (e.g. dcm2niix) to pair it "
-                                           "with its mask"}))
         elif item.paths[0].resolve() in used:
             continue  # a mask, not an image
         elif looks_like_mask(item.paths[0]):
@@ -127,13 +135,22 @@ def pair_items(items: list[SourceItem], *, masks: Path, salt: str) -> list[Sourc
                       f"{len(candidates)} masks pair with it by name "
                       f"({', '.join(p.name for p in candidates)}); pair them in a CSV")
             out.append(replace(item, info={"skip": reason}))
+        elif found[item.paths[0]][0].resolve() in seg_paths:
+            out.append(replace(item, info={"skip": "mask: a DICOM SEG pairs with the DICOM "
+                                           "series it was drawn on, not with a volume file"}))
         else:
             mask = found[item.paths[0]][0]
             digest = hashed(salt, str(item.paths[0].resolve()), str(mask))
             key = f"{item.key.split('-')[0]}-{digest}"
             out.append(SourceItem(key=key, paths=[item.paths[0], mask],
                                   info={**item.info, "mask": True}))
-    return out
+    if any("segments" in i.info for i in out) and any(
+            i.info.get("mask") and "segments" not in i.info for i in out):
+        out = [replace(i, info={"skip": "mask: DICOM SEGs and label volumes cannot share a "
+                                "store (segment labels number the classes of one, voxel values "
+                                "those of the other); ingest them into separate stores"})
+               if "segments" in i.info else i for i in out]
+    return number_classes(out)
 
 
 def check_grid(image: Volume, mask: Volume) -> None:
