@@ -155,3 +155,28 @@ def test_overlapping_segments_are_refused_unless_told_how(tmp_path: Path) -> Non
         overlap = store.mask_ignore if at_overlap is None else at_overlap
         expected = np.where(lesion_z, overlap, organ_z.astype(np.int64))
         assert np.array_equal(tiles[:, :16, :16], expected)
+
+
+def test_classes_follow_segment_labels_across_segs(seg_file: Path, tmp_path: Path) -> None:
+    """A second series whose SEG numbers its only segment, 'tumour', 1: the store keeps one
+    'tumour' class, and that series' tumour pixels hold its id."""
+    other = ct_series(tmp_path / "other", slices=2)  # 128x128 px, another series
+    tumour = np.zeros((2, 128, 128, 1), dtype=bool)
+    tumour[1, 40:60, 70:100] = True
+    write_seg(other, tumour, ["tumour"], tmp_path / "segs" / "other.dcm")
+    copy_files([seg_file], tmp_path / "segs")
+    report = ingest(CT, [CT5N, tmp_path / "other"], tmp_path / "s.zarr",
+                    masks=str(tmp_path / "segs"), **OPTIONS)
+    store, tiles = stored(tmp_path / "s.zarr")
+    assert report["skipped"] == []
+    assert store.mask_classes == ["background", "liver", "tumour"]
+    source = store.meta("source")
+    sizes = {int(s): int((source == s).sum()) for s in np.unique(source)}
+    assert sorted(sizes.values()) == [5, 32]  # CT5N's 5 tiles, 2 slices of 4x4 tiles
+    other_source = max(sizes, key=sizes.get)
+    drawn = np.zeros((2, 128, 128), dtype=np.int64)  # slices ascend in z, as written
+    drawn[tumour[..., 0]] = 2
+    for tile, (z, y, x) in zip(tiles[source == other_source],
+                               store.meta("position")[source == other_source]):
+        assert np.array_equal(tile, drawn[z, y:y + 32, x:x + 32])
+    assert (tiles[source != other_source][:, :16, :16] == 2).sum() == (drawn_classes() == 2).sum()

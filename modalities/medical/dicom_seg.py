@@ -220,26 +220,20 @@ def seg_classes(items: list[SourceItem]) -> list[str] | None:
 
 def _slices(paths: list[Path], dropped: list[tuple[int, str]],
             volume: Volume) -> tuple[list[str], dict[str, pydicom.Dataset]]:
-    """The SOPInstanceUID of each slice of `volume` (in its order), and every file's header."""
+    """The SOPInstanceUID of each slice of `volume` (in its order), and their headers."""
     left_out = {i for i, _ in dropped}
-    headers = {}
-    kept = []
-    for i, path in enumerate(paths):
-        header = _header(path, SLICE_TAGS)
-        if header is None or "SOPInstanceUID" not in header:
-            continue
-        headers[str(header.SOPInstanceUID)] = header
-        if i not in left_out:
-            kept.append(header)
+    kept = [h for i, path in enumerate(paths) if i not in left_out
+            and (h := _header(path, SLICE_TAGS)) is not None and "SOPInstanceUID" in h]
     iop = np.asarray([float(v) for v in kept[0].ImageOrientationPatient])
     normal = np.cross(iop[:3], iop[3:])
-    kept.sort(key=lambda h: float(np.asarray([float(v) for v in h.ImagePositionPatient]) @ normal))
     positions = [float(np.asarray([float(v) for v in h.ImagePositionPatient]) @ normal)
                  for h in kept]
+    order = np.argsort(positions, kind="stable")
+    kept, positions = [kept[i] for i in order], [positions[i] for i in order]
     if len(kept) != len(volume.slice_positions) or not np.allclose(
             positions, volume.slice_positions, atol=0.01):
         raise Skip("mask: the series' slices could not be matched to its files' headers")
-    return [str(h.SOPInstanceUID) for h in kept], headers
+    return [str(h.SOPInstanceUID) for h in kept], {str(h.SOPInstanceUID): h for h in kept}
 
 
 def _functional(seg: pydicom.Dataset, frame: pydicom.Dataset, sequence: str) -> Any:

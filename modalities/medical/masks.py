@@ -1,10 +1,12 @@
 """Per-pixel masks beside CT/MR volumes: pairing, grid check, resampling and the tile label.
 
-`--set masks=PATH` names a folder of mask volumes (NIfTI or NRRD; it may be the images' own
-folder) or a CSV of `image,mask` pairs (paths relative to the CSV). By name, an image
+`--set masks=PATH` names a folder of mask volumes (NIfTI or NRRD) and DICOM SEGs (it may be the
+images' own folder), one DICOM SEG file, or a CSV of `image,mask` pairs (paths relative to the
+CSV; for a DICOM series, `image` is one of its files or a folder above them). By name, an image
 `X_image.nrrd` (or `X.nrrd`, `X_img.nii.gz`, ...) pairs with `X_label`, `X_labels`, `X_mask` or
 `X_seg` in the masks folder, in any of the volume formats; in a folder other than the image's,
-a file named as the image also pairs. Mask files are never ingested as images.
+a file named as the image also pairs. A DICOM series pairs with the DICOM SEG that references
+it (`dicom_seg.py`). Mask files are never ingested as images.
 
 A mask must lie on its image's voxel grid (same size and the same voxel → mm affine after both
 are reoriented axial): one that does not is refused, naming both files. It is reoriented and
