@@ -67,7 +67,8 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "max_voxels": 1_000_000_000,  # a volume larger than this once resampled and padded (4 GB
     # as float32) is skipped, named, before anything is allocated: a header in metres, a
     # PixelSpacing of 300 or a 2x2x3 000 000 volume asks for tens of GB
-    "masks": None,  # a folder of mask volumes or a CSV of image,mask pairs (see masks.py)
+    "masks": None,  # a folder of mask volumes and DICOM SEGs, a SEG file or a CSV of
+    # image,mask pairs (see masks.py)
     "ignore": None,  # the mask value of unlabelled voxels
     "seg_overlap": "refuse",  # DICOM SEG pixels in segments of two classes: refuse the SEG,
     # give them the higher segment number's class (last) or leave them unlabelled

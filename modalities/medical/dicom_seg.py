@@ -137,7 +137,7 @@ def pair_series(items: list[SourceItem], *, segs: list[SegFile],
     by_path = {seg.path.resolve(): seg for seg in segs}
     series_items = [item for item in items
                     if item.info.get("kind") == "dicom-series" and "skip" not in item.info]
-    identity = {id(item): _identity(item) for item in series_items}
+    identity = {id(item): _identity(item) for item in series_items} if segs else {}
     chosen: dict[int, list[SegFile]] = {id(item): [] for item in series_items}
     refused: dict[int, SegFile] = {}
     used: set[Path] = set()
