@@ -162,13 +162,14 @@ def pair_series(items: list[SourceItem], *, segs: list[SegFile],
         paths = {p.resolve() for p in item.paths}
         if paths and paths <= by_path.keys():
             continue  # SEG files among the sources: reported below, never an image
-        if "skip" in item.info:
-            out.append(item)
-        elif item.info.get("kind") == "dicom-frames":
+        kind = item.info.get("kind")
+        if "skip" in item.info or kind in ("nifti", "nrrd"):
+            out.append(item)  # volumes pair by name (`masks.py`)
+        elif kind != "dicom-series":
             out.append(replace(item, info={"skip": "DICOM SEG masks pair with single-frame "
-                                           "series only; this is an enhanced (multi-frame) file"}))
-        elif item.info.get("kind") != "dicom-series":
-            out.append(item)  # NIfTI/NRRD volumes pair by name
+                                           "DICOM series only; this is an enhanced "
+                                           "(multi-frame) file" if kind == "dicom-frames" else
+                                           f"masks do not pair with a {kind} item"}))
         elif id(item) in refused and not chosen[id(item)]:
             seg = refused[id(item)]
             out.append(SourceItem(key=item.key, paths=[*item.paths, seg.path], info={
@@ -178,6 +179,8 @@ def pair_series(items: list[SourceItem], *, segs: list[SegFile],
         elif len(chosen[id(item)]) != 1:
             found = chosen[id(item)]
             out.append(replace(item, info={"skip": (
+                "no row of the CSV pairs this series with the DICOM SEG drawn on it"
+                if rows is not None and not found else
                 "no DICOM SEG references this series (masks pair with a DICOM series by its "
                 "SEG's ReferencedSeriesSequence)" if not found else
                 f"{len(found)} DICOM SEGs reference this series; pair one with it in a CSV of "
