@@ -19,34 +19,25 @@ from medical_data import (
     NIBABEL_DATA,
     SIEMENS_MR,
     copy_files,
+    floats,
     grep_store,
     identifying_strings,
     ingest,
     pydicom_file,
     reasons,
+    robust_z,
+    siemens_mosaic,
 )
 
 from domainclust.errors import DomainclustError
 from domainclust.ingest import default_report_path
 from domainclust.modality import get_modality
 from domainclust.store import TileStore
-from domainclust.modalities.medical.dicom import load_series
+from domainclust.modalities.medical.slices import load_series
 from domainclust.modalities.medical.mri import MODALITY
 from domainclust.modalities.medical.nifti import load_nifti
 
 WHOLE = {"spacing": None, "max_background": 1.0}  # native pixels, every tile kept
-
-
-def robust_z(volume: np.ndarray, *, clip: float = 5.0, level: float = 0.05) -> np.ndarray:
-    """The documented normalisation, written out: foreground median/IQR z-score, clipped."""
-    low, high = np.percentile(volume, [0.5, 99.5])
-    foreground = volume[volume > low + level * (high - low)]
-    q25, median, q75 = np.percentile(foreground, [25, 50, 75])
-    return np.clip((volume - median) / ((q75 - q25) / 1.349), -clip, clip)
-
-
-def floats(store: TileStore) -> np.ndarray:
-    return store.to_float(torch.from_numpy(store.read(np.arange(store.n)))).numpy()
 
 
 def failed_report(out: Path) -> dict:
@@ -77,25 +68,6 @@ def test_percentile_normalisation_maps_to_unit_range(tmp_path: Path) -> None:
     low, high = np.percentile(pixels, [0.5, 99.5])
     expected = np.clip((pixels - low) / (high - low), 0, 1)
     np.testing.assert_allclose(floats(store)[0, 0], expected, atol=1 / 255 / 2 + 1e-5)
-
-
-def test_siemens_series_order_and_spacing(tmp_path: Path) -> None:
-    ingest(MODALITY, SIEMENS_MR, tmp_path / "s.zarr", **WHOLE)
-    store = TileStore(tmp_path / "s.zarr")
-    datasets = [pydicom.dcmread(p) for p in SIEMENS_MR]
-    iop = np.array(datasets[0].ImageOrientationPatient, dtype=float)
-    normal = np.cross(iop[:3], iop[3:])
-    along = [np.array(ds.ImagePositionPatient, dtype=float) @ normal for ds in datasets]
-    order = np.argsort(along)
-    assert store.n == 2 * 16  # 256 px slices, 64 px tiles
-    np.testing.assert_allclose(sorted(set(store.meta("slice_position").tolist())),
-                               sorted(along), atol=1e-3)
-    np.testing.assert_allclose(store.meta("spacing")[0], [3.0, 1.796875, 1.796875], rtol=1e-4)
-    volume = np.stack([datasets[i].pixel_array for i in order]).astype(np.float64)
-    expected = robust_z(volume)
-    for tile, (z, y, x) in zip(floats(store), store.meta("position")):
-        np.testing.assert_allclose(tile[0], expected[z, y:y + 64, x:x + 64],
-                                   atol=10 / 255 / 2 + 1e-5)
 
 
 def test_common_rescale_is_not_applied_but_a_varying_one_is(tmp_path: Path) -> None:

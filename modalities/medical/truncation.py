@@ -1,0 +1,67 @@
+"""Reading a whole DICOM file, and telling a truncated one from a file of another kind.
+
+pydicom reads a cut file without complaint: it keeps the elements before the cut, a short
+last value, and drops an unfinished sequence with a warning. The header of such a file then
+looks like a structured report (no Rows), a file of unknown modality (no Modality) or an
+image whose pixels do not decode. `truncation` names the real reason from what pydicom kept:
+a last value shorter than its declared length, pydicom's end-of-file warning, or an image
+SOP class (the file meta states it before anything can be cut) without its pixel data.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from domainclust.ingest import Skip
+from domainclust.modalities.medical.volume import scrub
+
+UNDEFINED_LENGTH = 0xFFFFFFFF
+PIXEL_DATA = 0x7FE00010
+EOF_WARNING = "End of file reached"  # pydicom's warning for an unfinished sequence
+
+
+def read_dataset(path: Path, **kwargs: object) -> tuple[Dataset, str | None]:
+    """The file as pydicom reads it (forced: ACR-NEMA files have no preamble) and why it is
+    truncated, if it is; Skip when pydicom cannot read it at all."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(path, force=True, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - any parse failure makes the file unusable
+        raise Skip(f"cannot be read ({type(exc).__name__}: {scrub(str(exc), [path])})") from None
+    eof = any(EOF_WARNING in str(w.message) for w in caught)
+    return ds, truncation(ds, eof_warned=eof)
+
+
+def truncation(ds: Dataset, *, eof_warned: bool = False) -> str | None:
+    """Why the file `ds` was read from is truncated, or None if nothing says it is."""
+    tags = list(ds.keys())
+    last = ds.get_item(tags[-1]) if tags else None
+    if isinstance(last, RawDataElement) and last.length != UNDEFINED_LENGTH and \
+            last.value is not None and len(last.value) < last.length:
+        if last.tag == PIXEL_DATA:
+            return (f"is truncated: pixel data shorter than declared ({len(last.value)} of "
+                    f"{last.length} bytes)")
+        return f"is truncated: the file ends inside element {last.tag} of its header"
+    if eof_warned:
+        what = "its compressed pixel data" if PIXEL_DATA in ds or "Rows" in ds else "its header"
+        return f"is truncated: the file ends inside a sequence of {what}"
+    if _image_class(ds) and PIXEL_DATA not in ds:
+        if "Rows" in ds:
+            return "is truncated or header-only: the file ends before its pixel data"
+        return "is truncated: the file ends before its image description (Rows, Columns)"
+    return None
+
+
+def _image_class(ds: Dataset) -> bool:
+    """Whether the SOP class (dataset, else the file meta read before the data set) is one
+    of the image storage classes, which hold pixel data."""
+    meta = getattr(ds, "file_meta", None)
+    uid = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta else None)
+    return bool(uid) and UID(str(uid)).name.endswith("Image Storage")
