@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.dataelem import RawDataElement
@@ -26,21 +27,31 @@ PIXEL_DATA = 0x7FE00010
 EOF_WARNING = "End of file reached"  # pydicom's warning for an unfinished sequence
 
 
-def read_dataset(path: Path, **kwargs: object) -> tuple[Dataset, str | None]:
+def read_dataset(path: Path, **kwargs: Any) -> tuple[Dataset, str | None]:
     """The file as pydicom reads it (forced: ACR-NEMA files have no preamble) and why it is
     truncated, if it is; Skip when pydicom cannot read it at all."""
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            ds = pydicom.dcmread(path, force=True, **kwargs)
+        ds, eof = _read(path, **kwargs)
+        # pydicom keeps nothing of a data set whose last sequence is unfinished: whether the
+        # header alone reads whole tells a cut in the header from one in compressed pixel data.
+        eof_in = None if not eof else "its header" if kwargs.get("stop_before_pixels") or \
+            _read(path, stop_before_pixels=True)[1] else "its compressed pixel data"
     except Exception as exc:  # noqa: BLE001 - any parse failure makes the file unusable
         raise Skip(f"cannot be read ({type(exc).__name__}: {scrub(str(exc), [path])})") from None
-    eof = any(EOF_WARNING in str(w.message) for w in caught)
-    return ds, truncation(ds, eof_warned=eof)
+    return ds, truncation(ds, eof_in=eof_in)
 
 
-def truncation(ds: Dataset, *, eof_warned: bool = False) -> str | None:
-    """Why the file `ds` was read from is truncated, or None if nothing says it is."""
+def _read(path: Path, **kwargs: Any) -> tuple[Dataset, bool]:
+    """The data set, and whether pydicom reached the end of the file inside a sequence."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = pydicom.dcmread(path, force=True, **kwargs)
+    return ds, any(EOF_WARNING in str(w.message) for w in caught)
+
+
+def truncation(ds: Dataset, *, eof_in: str | None = None) -> str | None:
+    """Why the file `ds` was read from is truncated, or None if nothing says it is; `eof_in`:
+    where pydicom reached the end of the file inside a sequence, if it did."""
     tags = list(ds.keys())
     last = ds.get_item(tags[-1]) if tags else None
     if isinstance(last, RawDataElement) and last.length != UNDEFINED_LENGTH and \
@@ -49,9 +60,8 @@ def truncation(ds: Dataset, *, eof_warned: bool = False) -> str | None:
             return (f"is truncated: pixel data shorter than declared ({len(last.value)} of "
                     f"{last.length} bytes)")
         return f"is truncated: the file ends inside element {last.tag} of its header"
-    if eof_warned:
-        what = "its compressed pixel data" if PIXEL_DATA in ds or "Rows" in ds else "its header"
-        return f"is truncated: the file ends inside a sequence of {what}"
+    if eof_in:
+        return f"is truncated: the file ends inside a sequence of {eof_in}"
     if _image_class(ds) and PIXEL_DATA not in ds:
         if "Rows" in ds:
             return "is truncated or header-only: the file ends before its pixel data"
