@@ -147,7 +147,8 @@ def test_a_truncated_slice_is_skipped_with_its_reason(tmp_path: Path) -> None:
     report = json.loads(default_report_path(tmp_path / "s.zarr").read_text())
     (skipped,) = report["skipped"]
     assert skipped["path"] == str(tmp_path / "in" / "cut.dcm")
-    assert skipped["reason"] == "is truncated: pixel data shorter than declared (28906 of 32768 bytes)"
+    assert skipped["reason"] == ("is truncated: pixel data shorter than declared (28906 of "
+                                 "32768 bytes)")
 
 
 def test_empty_and_missing_folders(tmp_path: Path) -> None:

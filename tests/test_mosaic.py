@@ -82,5 +82,5 @@ def test_mosaic_headers_over_pixels_that_are_no_mosaic_are_named(tmp_path: Path)
     report = json.loads(default_report_path(tmp_path / "s.zarr").read_text())
     assert sorted(s["path"] for s in report["skipped"]) == sorted(map(str, SIEMENS_MR))
     assert set(reasons(report)) == {
-        "is a Siemens MOSAIC of 48 slices whose 256x256 pixels do not divide into a 7x7 grid "
-        "of slices: it cannot be unpacked"}
+        ("is a Siemens MOSAIC of 48 slices whose 256x256 pixels do not divide into a 7x7 grid "
+         "of slices: it cannot be unpacked")}

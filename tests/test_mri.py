@@ -13,7 +13,6 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-import torch
 from medical_data import (
     MR_SCOUTS,
     NIBABEL_DATA,
@@ -92,8 +91,8 @@ def test_common_rescale_is_not_applied_but_a_varying_one_is(tmp_path: Path) -> N
 def test_ct_is_skipped_and_localizer_planes_are_items_of_their_own(tmp_path: Path) -> None:
     report = ingest(MODALITY, [pydicom_file("CT_small.dcm"), MR_SCOUTS], tmp_path / "s.zarr",
                     **WHOLE, tile_size=32)
-    assert reasons(report) == ["series of 1 file(s): modality is CT, the mri adapter reads MR; "
-                               "ingest it with --modality ct"]
+    assert reasons(report) == [("series of 1 file(s): modality is CT, the mri adapter reads "
+                                "MR; ingest it with --modality ct")]
     # Two 3-plane localizers and a 7-angle radial series: one item per plane, beside 4
     # single-slice series; each a 16x16 px slice (one tile of 32 px), normalised on its own.
     scouts = sorted(p for p in MR_SCOUTS.rglob("*") if p.is_file())

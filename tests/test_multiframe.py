@@ -23,9 +23,11 @@ from domainclust.store import TileStore
 WIDE = {"spacing": None, "tile_size": 256, "max_background": 1.0, "windows": {"wide": [4000, 976]}}
 
 
-def enhanced_ct(path: Path, *, positions: list[float], unplaced: int | None = None) -> Path:
+def enhanced_ct(path: Path, *, positions: list[float], unplaced: int | None = None,
+                temporal: list[int] | None = None) -> Path:
     """The real enhanced CT with one frame per entry of `positions` (mm along the slice normal
-    from the first real frame, in file order); frame `unplaced` loses its plane position."""
+    from the first real frame, in file order); frame `unplaced` loses its plane position; frame j
+    gets TemporalPositionIndex `temporal[j]`."""
     ds = pydicom.dcmread(pydicom_file("eCT_Supplemental.dcm"))
     real = ds.pixel_array
     origin = np.array(ds.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0]
@@ -37,6 +39,8 @@ def enhanced_ct(path: Path, *, positions: list[float], unplaced: int | None = No
             f"{v:.3f}" for v in origin + at * normal(ds)]
         if j == unplaced:
             del group.PlanePositionSequence
+        if temporal is not None:
+            group.FrameContentSequence[0].TemporalPositionIndex = temporal[j]
         groups.append(group)
         frames.append(np.roll(real[j % 2], 8 * j, axis=1))
     ds.PerFrameFunctionalGroupsSequence = Sequence(groups)
@@ -96,7 +100,23 @@ def test_a_frame_that_cannot_be_placed_is_left_out_alone(tmp_path: Path) -> None
     assert store.n == 4 * 4 and report["items_read"] == 1
     assert [s["path"] for s in report["skipped"]] == [str(path)]
     assert reasons(report) == [
-        "1 of its 5 frames left out: frame 5: no ImageOrientationPatient/ImagePositionPatient/"
-        "PixelSpacing: slices cannot be placed in space"]
+        ("1 of its 5 frames left out: frame 5: no ImageOrientationPatient/ImagePositionPatient/"
+         "PixelSpacing: slices cannot be placed in space")]
     np.testing.assert_allclose(np.unique(store.meta("slice_position")),
                                np.sort(along(path)[:4]), atol=1e-3)
+
+
+def test_time_points_of_one_file_are_volumes_of_their_own(tmp_path: Path) -> None:
+    """Two time points at the same three positions: two volumes, not six frames that share
+    positions (which would all be left out)."""
+    path = enhanced_ct(tmp_path / "e.dcm", positions=[0, 10, 20, 0, 10, 20],
+                       temporal=[1, 1, 1, 2, 2, 2])
+    report = ingest(MODALITY, [path], tmp_path / "s.zarr", **WIDE)
+    store = TileStore(tmp_path / "s.zarr")
+    assert report["skipped"] == [] and store.n == 6 * 4
+    volume, (z, y, x) = store.meta("volume"), store.meta("position").T
+    assert sorted(set(zip(volume.tolist(), z.tolist()))) == [(v, k) for v in (0, 1)
+                                                             for k in range(3)]
+    frames = windowed_frames(path)
+    for tile, v, k, r, c in zip(store.read(np.arange(store.n)), volume, z, y, x):
+        np.testing.assert_allclose(tile[0], frames[3 * v + k, r:r + 256, c:c + 256], atol=1)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels import apply_modality_lut, pixel_array
 
 from domainclust.ingest import Skip
 from domainclust.modalities.medical.truncation import read_dataset
@@ -107,8 +107,6 @@ def fallback_step(ds: Dataset) -> float:
 def pixels(ds: Dataset, **kwargs: Any) -> np.ndarray:
     """The decoded pixels (one frame with `index=`); Skip with pydicom's reason if they do not
     decode."""
-    from pydicom.pixels import pixel_array
-
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise Skip("is a colour image; CT/MR slices must be grayscale")
     try:
