@@ -61,7 +61,7 @@ def read_header(path: Path) -> Dataset | str:
                 header = pydicom.dcmread(path, stop_before_pixels=True,
                                          specific_tags=HEADER_TAGS, force=True)
                 if "Modality" not in header or "SOPClassUID" not in header:
-                    return _truncated(path) or "is not a DICOM file"
+                    return "is not a DICOM file"
     except Exception as exc:  # noqa: BLE001 - any parse failure makes the file unusable
         return _truncated(path) or (f"is not a readable DICOM file ({type(exc).__name__}: "
                                     f"{scrub(str(exc), [path])})")
@@ -128,7 +128,8 @@ def group_series(
                 single.append((path, header))
                 continue
             sop = str(header.get("SOPInstanceUID", path.resolve()))
-            items.append(SourceItem(key=f"{kind[6:]}-{hashed(salt, uid, sop)}", paths=[path],
+            prefix = kind.removeprefix("dicom-")  # frames-..., mosaic-...
+            items.append(SourceItem(key=f"{prefix}-{hashed(salt, uid, sop)}", paths=[path],
                                     info={"kind": kind}))
         for split, part in split_series(single) if single else []:
             items.append(SourceItem(

@@ -1,7 +1,8 @@
 """Reading a whole DICOM file, and telling a truncated one from a file of another kind.
 
-pydicom reads a cut file without complaint: it keeps the elements before the cut, a short
-last value, and drops an unfinished sequence with a warning. The header of such a file then
+pydicom reads a cut file without complaint: it keeps the elements before the cut and a short
+last value, or, where the cut falls inside a sequence (compressed pixel data is one), only a
+warning and no data set at all. The header of such a file then
 looks like a structured report (no Rows), a file of unknown modality (no Modality) or an
 image whose pixels do not decode. `truncation` names the real reason from what pydicom kept:
 a last value shorter than its declared length, pydicom's end-of-file warning, or an image
@@ -27,15 +28,15 @@ PIXEL_DATA = 0x7FE00010
 EOF_WARNING = "End of file reached"  # pydicom's warning for an unfinished sequence
 
 
-def read_dataset(path: Path, **kwargs: Any) -> tuple[Dataset, str | None]:
+def read_dataset(path: Path) -> tuple[Dataset, str | None]:
     """The file as pydicom reads it (forced: ACR-NEMA files have no preamble) and why it is
     truncated, if it is; Skip when pydicom cannot read it at all."""
     try:
-        ds, eof = _read(path, **kwargs)
-        # pydicom keeps nothing of a data set whose last sequence is unfinished: whether the
-        # header alone reads whole tells a cut in the header from one in compressed pixel data.
-        eof_in = None if not eof else "its header" if kwargs.get("stop_before_pixels") or \
-            _read(path, stop_before_pixels=True)[1] else "its compressed pixel data"
+        ds, eof = _read(path)
+        eof_in = None
+        if eof:  # pydicom then keeps nothing of the data set: does the header alone read whole?
+            header_cut = _read(path, stop_before_pixels=True)[1]
+            eof_in = "its header" if header_cut else "its compressed pixel data"
     except Exception as exc:  # noqa: BLE001 - any parse failure makes the file unusable
         raise Skip(f"cannot be read ({type(exc).__name__}: {scrub(str(exc), [path])})") from None
     return ds, truncation(ds, eof_in=eof_in)
