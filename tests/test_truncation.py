@@ -2,8 +2,8 @@
 unknown modality, structured reports, or pixel data that does not decode.
 
 The files are pydicom's real CT/MR files cut at offsets read from their own structure: inside
-the header of an element (Modality, Rows), inside a header value, inside the pixel data
-(native, RLE-compressed, and of an enhanced multi-frame file).
+the header of an element (Modality, Rows), inside a header value or sequence, inside the pixel
+data (native, RLE-compressed, and of an enhanced multi-frame file).
 """
 
 from __future__ import annotations
@@ -31,6 +31,18 @@ def cut(name: str, folder: Path, *, keyword: str | int, into: int) -> Path:
     return target
 
 
+def cut_in_sequence(folder: Path) -> Path:
+    """The first CT5N slice cut 12 bytes into its private sequence (0049,1001), of undefined
+    length: past the element's tag, VR and length, where its first item should begin."""
+    source = sorted(CT5N.iterdir())[0]
+    data = source.read_bytes()
+    at = data.index(b"\x49\x00\x01\x10SQ")  # explicit VR little endian: tag, then VR
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "CT5N-sequence+12.dcm"
+    target.write_bytes(data[: at + 12])
+    return target
+
+
 def named(report: dict) -> dict[str, str]:
     return {s["path"]: s["reason"] for s in report["skipped"]}
 
@@ -47,6 +59,7 @@ def test_cut_ct_files_are_named_as_truncated(tmp_path: Path) -> None:
             "of its header",
         cut("CT_small.dcm", folder, keyword=PIXEL_DATA, into=1000):
             "is truncated: pixel data shorter than declared (1000 of 32768 bytes)",
+        cut_in_sequence(folder): "is truncated: the file ends inside a sequence of its header",
     }
     report = ingest(CT, [folder, CT5N], tmp_path / "s.zarr", **SMALL)
     assert report["items_read"] == 1  # CT5N

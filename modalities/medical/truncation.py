@@ -11,6 +11,8 @@ SOP class (the file meta states it before anything can be cut) without its pixel
 
 from __future__ import annotations
 
+import re
+import struct
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ EOF_WARNING = "End of file reached"  # pydicom's warning for an unfinished seque
 
 def read_dataset(path: Path) -> tuple[Dataset, str | None]:
     """The file as pydicom reads it (forced: ACR-NEMA files have no preamble) and why it is
-    truncated, if it is; Skip when pydicom cannot read it at all."""
+    truncated, if it is (then the data set may be empty); Skip when pydicom cannot read it."""
     try:
         ds, eof = _read(path)
         eof_in = None
@@ -38,8 +40,21 @@ def read_dataset(path: Path) -> tuple[Dataset, str | None]:
             header_cut = _read(path, stop_before_pixels=True)[1]
             eof_in = "its header" if header_cut else "its compressed pixel data"
     except Exception as exc:  # noqa: BLE001 - any parse failure makes the file unusable
+        if _ran_out(exc, path):
+            return Dataset(), "is truncated: the file ends inside a sequence of its header"
         raise Skip(f"cannot be read ({type(exc).__name__}: {scrub(str(exc), [path])})") from None
     return ds, truncation(ds, eof_in=eof_in)
+
+
+def _ran_out(exc: Exception, path: Path) -> bool:
+    """Whether pydicom failed for want of bytes: an unexpected end of file, a short read
+    unpacked (struct.error), or no tag to read inside a sequence at the end of the file (its
+    error names the position, in hex)."""
+    if isinstance(exc, EOFError) or (isinstance(exc, struct.error)
+                                     and "requires a buffer" in str(exc)):
+        return True
+    found = re.search(r"No tag to read at file position ([0-9A-Fa-f]+)", str(exc))
+    return found is not None and int(found.group(1), 16) >= path.stat().st_size
 
 
 def _read(path: Path, **kwargs: Any) -> tuple[Dataset, bool]:
