@@ -2,11 +2,12 @@
 
 pydicom's test files (CT/MR slices, a 5-slice CT series, MR scouts, a truncated file),
 pydicom-data (full-size and enhanced multi-frame files) and nibabel's test data (EPI NIfTI,
-Siemens MR DICOMs). Nothing here is generated except copies, cuts and corruptions of them.
+Siemens MOSAIC DICOMs). Nothing here is generated except copies, cuts and corruptions of them.
 """
 
 from __future__ import annotations
 
+import gzip
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,13 @@ import nibabel
 import numpy as np
 import pydicom
 import pytest
+import torch
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from domainclust.ingest import run_ingest
 from domainclust.modality import Modality
+from domainclust.store import TileStore
 
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 DICOMDIR_TESTS = PYDICOM_FILES / "dicomdirtests"
@@ -27,7 +30,23 @@ CT5N = DICOMDIR_TESTS / "98892001" / "CT5N"  # 5 axial CT slices, 2.5 mm apart, 
 CT2N = DICOMDIR_TESTS / "98892001" / "CT2N"  # 2 CT slices in different orientations
 MR_SCOUTS = DICOMDIR_TESTS / "98892003"  # MR localizers: several series, several orientations
 NIBABEL_DATA = Path(nibabel.__file__).parent / "tests" / "data"
-SIEMENS_MR = [NIBABEL_DATA / "0.dcm", NIBABEL_DATA / "1.dcm"]  # one series, 2 slices 3 mm apart
+NICOM_DATA = Path(nibabel.__file__).parent / "nicom" / "tests" / "data"
+# Siemens DWI MOSAIC headers (48 slices in a 7x7 grid of 128 px) over 256x256 stand-in pixels,
+# which no grid of 128 px slices fits: one series, two files 3 mm apart.
+SIEMENS_MR = [NIBABEL_DATA / "0.dcm", NIBABEL_DATA / "1.dcm"]
+
+
+def robust_z(volume: np.ndarray, *, clip: float = 5.0, level: float = 0.05) -> np.ndarray:
+    """The documented normalisation, written out: foreground median/IQR z-score, clipped."""
+    low, high = np.percentile(volume, [0.5, 99.5])
+    foreground = volume[volume > low + level * (high - low)]
+    q25, median, q75 = np.percentile(foreground, [25, 50, 75])
+    return np.clip((volume - median) / ((q75 - q25) / 1.349), -clip, clip)
+
+
+def floats(store: TileStore) -> np.ndarray:
+    """Every tile of `store` as the floats training sees."""
+    return store.to_float(torch.from_numpy(store.read(np.arange(store.n)))).numpy()
 
 
 def pydicom_file(name: str) -> Path:
@@ -36,6 +55,24 @@ def pydicom_file(name: str) -> Path:
     if path is None:
         pytest.skip(f"{name} needs the pydicom-data package (pip install pydicom-data)")
     return Path(path)
+
+
+def siemens_mosaic(folder: Path, *, b_value: int = 0) -> Path:
+    """nibabel's real Siemens DWI MOSAIC (b=0 or b=1000: one series, 48 slices of 128x128 px in
+    a 7x7 grid of 896x896 px), unzipped into `folder`. Its pixels ship as zeros, so each of the
+    48 blocks gets seeded random values; the 49th block of the grid stays empty, as Siemens
+    writes it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"siemens_dwi_{b_value}.dcm"
+    data = gzip.decompress((NICOM_DATA / f"siemens_dwi_{b_value}.dcm.gz").read_bytes())
+    target.write_bytes(data)
+    ds = pydicom.dcmread(target)
+    rng = np.random.default_rng(b_value)
+    pixels = rng.integers(1, 4096, size=(ds.Rows, ds.Columns), dtype=np.uint16)
+    pixels[6 * 128:, 6 * 128:] = 0  # block 48 (row 6, column 6): no slice
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(target)
+    return target
 
 
 def copy_files(files: list[Path], folder: Path) -> Path:

@@ -147,22 +147,33 @@ def test_a_truncated_slice_is_skipped_with_its_reason(tmp_path: Path) -> None:
     report = json.loads(default_report_path(tmp_path / "s.zarr").read_text())
     (skipped,) = report["skipped"]
     assert skipped["path"] == str(tmp_path / "in" / "cut.dcm")
-    assert skipped["reason"].startswith("pixel data cannot be decoded")
+    assert skipped["reason"] == ("is truncated: pixel data shorter than declared (28906 of "
+                                 "32768 bytes)")
 
 
-def test_localizer_orientations_and_empty_folders(tmp_path: Path) -> None:
+def test_empty_and_missing_folders(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DomainclustError, match="no usable source files"):
         ingest(MODALITY, [tmp_path / "empty"], tmp_path / "none.zarr")
     with pytest.raises(DomainclustError, match="does not exist"):
         ingest(MODALITY, [tmp_path / "missing"], tmp_path / "none.zarr")
-    report = ingest(MODALITY, [tmp_path / "empty", CT2N, pydicom_file("CT_small.dcm")],
+    report = ingest(MODALITY, [tmp_path / "empty", pydicom_file("CT_small.dcm")],
                     tmp_path / "s.zarr")
-    orientations = ("slices have different orientations (a localizer or a set of reformats "
-                    "stored as one series?)")
-    assert sorted(reasons(report)) == sorted([orientations] * 2 + ["is an empty folder"])
-    assert sorted(s["path"] for s in report["skipped"]) == sorted(
-        [str(tmp_path / "empty")] + [str(p) for p in CT2N.iterdir()])
+    assert reasons(report) == ["is an empty folder"]
+    assert [s["path"] for s in report["skipped"]] == [str(tmp_path / "empty")]
+
+
+def test_planes_of_one_series_are_items_of_their_own(tmp_path: Path) -> None:
+    """CT2N: one series of a sagittal and a coronal slice, each its own one-slice item."""
+    report = ingest(MODALITY, [CT2N], tmp_path / "s.zarr", **SMALL, windows={"wide": [2000, 0]})
+    store = TileStore(tmp_path / "s.zarr")
+    assert report["skipped"] == [] and report["items_read"] == 2 and store.n == 2
+    assert len(set(store.meta("source").tolist())) == 2
+    assert store.meta("position").tolist() == [[0, 0, 0]] * 2  # one slice each
+    expected = [windowed(hounsfield(pydicom.dcmread(p)), 2000, 0) for p in sorted(CT2N.iterdir())]
+    got = store.read(np.arange(2))[:, 0, :16, :16]
+    matches = [[np.array_equal(t, e) for e in expected] for t in got]
+    assert sorted(map(tuple, matches)) == [(False, True), (True, False)]
 
 
 def test_resampling_to_one_millimetre(tmp_path: Path) -> None:
@@ -200,8 +211,9 @@ def test_background_tiles_are_dropped_and_counted(tmp_path: Path) -> None:
 
 def test_enhanced_multiframe_ct(tmp_path: Path) -> None:
     path = pydicom_file("eCT_Supplemental.dcm")
-    ingest(MODALITY, [path], tmp_path / "s.zarr", spacing=None, tile_size=256,
-           max_background=1.0, windows={"wide": [4000, 976]})
+    report = ingest(MODALITY, [path], tmp_path / "s.zarr", spacing=None, tile_size=256,
+                    max_background=1.0, windows={"wide": [4000, 976]})
+    assert report["items_found"] == 1 and report["skipped"] == []  # no empty series beside it
     store = TileStore(tmp_path / "s.zarr")
     ds = pydicom.dcmread(path)
     shared = ds.SharedFunctionalGroupsSequence[0]

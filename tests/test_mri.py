@@ -13,40 +13,30 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-import torch
 from medical_data import (
     MR_SCOUTS,
     NIBABEL_DATA,
     SIEMENS_MR,
     copy_files,
+    floats,
     grep_store,
     identifying_strings,
     ingest,
     pydicom_file,
     reasons,
+    robust_z,
+    siemens_mosaic,
 )
 
 from domainclust.errors import DomainclustError
 from domainclust.ingest import default_report_path
 from domainclust.modality import get_modality
 from domainclust.store import TileStore
-from domainclust.modalities.medical.dicom import load_series
+from domainclust.modalities.medical.slices import load_series
 from domainclust.modalities.medical.mri import MODALITY
 from domainclust.modalities.medical.nifti import load_nifti
 
 WHOLE = {"spacing": None, "max_background": 1.0}  # native pixels, every tile kept
-
-
-def robust_z(volume: np.ndarray, *, clip: float = 5.0, level: float = 0.05) -> np.ndarray:
-    """The documented normalisation, written out: foreground median/IQR z-score, clipped."""
-    low, high = np.percentile(volume, [0.5, 99.5])
-    foreground = volume[volume > low + level * (high - low)]
-    q25, median, q75 = np.percentile(foreground, [25, 50, 75])
-    return np.clip((volume - median) / ((q75 - q25) / 1.349), -clip, clip)
-
-
-def floats(store: TileStore) -> np.ndarray:
-    return store.to_float(torch.from_numpy(store.read(np.arange(store.n)))).numpy()
 
 
 def failed_report(out: Path) -> dict:
@@ -79,25 +69,6 @@ def test_percentile_normalisation_maps_to_unit_range(tmp_path: Path) -> None:
     np.testing.assert_allclose(floats(store)[0, 0], expected, atol=1 / 255 / 2 + 1e-5)
 
 
-def test_siemens_series_order_and_spacing(tmp_path: Path) -> None:
-    ingest(MODALITY, SIEMENS_MR, tmp_path / "s.zarr", **WHOLE)
-    store = TileStore(tmp_path / "s.zarr")
-    datasets = [pydicom.dcmread(p) for p in SIEMENS_MR]
-    iop = np.array(datasets[0].ImageOrientationPatient, dtype=float)
-    normal = np.cross(iop[:3], iop[3:])
-    along = [np.array(ds.ImagePositionPatient, dtype=float) @ normal for ds in datasets]
-    order = np.argsort(along)
-    assert store.n == 2 * 16  # 256 px slices, 64 px tiles
-    np.testing.assert_allclose(sorted(set(store.meta("slice_position").tolist())),
-                               sorted(along), atol=1e-3)
-    np.testing.assert_allclose(store.meta("spacing")[0], [3.0, 1.796875, 1.796875], rtol=1e-4)
-    volume = np.stack([datasets[i].pixel_array for i in order]).astype(np.float64)
-    expected = robust_z(volume)
-    for tile, (z, y, x) in zip(floats(store), store.meta("position")):
-        np.testing.assert_allclose(tile[0], expected[z, y:y + 64, x:x + 64],
-                                   atol=10 / 255 / 2 + 1e-5)
-
-
 def test_common_rescale_is_not_applied_but_a_varying_one_is(tmp_path: Path) -> None:
     path = pydicom_file("MR2_UNCR.dcm")  # RescaleSlope 3.77: display scaling, not a unit
     raw = pydicom.dcmread(path).pixel_array
@@ -117,18 +88,20 @@ def test_common_rescale_is_not_applied_but_a_varying_one_is(tmp_path: Path) -> N
     np.testing.assert_array_equal(volume.values[1], 2 * volume.values[0])
 
 
-def test_ct_and_scouts_are_skipped_with_reasons(tmp_path: Path) -> None:
-    sources = [pydicom_file("CT_small.dcm"), MR_SCOUTS, pydicom_file("MR_small.dcm")]
-    report = ingest(MODALITY, sources, tmp_path / "s.zarr", **WHOLE)
-    text = reasons(report)
-    assert "series of 1 file(s): modality is CT, the mri adapter reads MR; ingest it with " \
-           "--modality ct" in text
-    orientations = ("slices have different orientations (a localizer or a set of reformats "
-                    "stored as one series?)")
-    assert len({s["item"] for s in report["skipped"] if s["reason"] == orientations}) == 3
-    scouts = {str(p) for p in MR_SCOUTS.rglob("*") if p.is_file()}
-    assert {s["path"] for s in report["skipped"] if s["reason"] == orientations} <= scouts
-    assert report["items_read"] == report["items_found"] - 4  # single-slice series are fine
+def test_ct_is_skipped_and_localizer_planes_are_items_of_their_own(tmp_path: Path) -> None:
+    report = ingest(MODALITY, [pydicom_file("CT_small.dcm"), MR_SCOUTS], tmp_path / "s.zarr",
+                    **WHOLE, tile_size=32)
+    assert reasons(report) == [("series of 1 file(s): modality is CT, the mri adapter reads "
+                                "MR; ingest it with --modality ct")]
+    # Two 3-plane localizers and a 7-angle radial series: one item per plane, beside 4
+    # single-slice series; each a 16x16 px slice (one tile of 32 px), normalised on its own.
+    scouts = sorted(p for p in MR_SCOUTS.rglob("*") if p.is_file())
+    assert report["items_read"] == 3 + 3 + 7 + 4 == len(scouts) == report["items_found"] - 1
+    store = TileStore(tmp_path / "s.zarr")
+    assert store.n == len(scouts) and (store.meta("position") == 0).all()
+    expected = [robust_z(pydicom.dcmread(p).pixel_array.astype(np.float64)) for p in scouts]
+    for tile in floats(store)[:, 0, :16, :16]:
+        assert sum(np.allclose(tile, e, atol=10 / 255 / 2 + 1e-5) for e in expected) >= 1
 
 
 def test_nifti_4d_orientation_and_volumes(tmp_path: Path) -> None:
@@ -178,8 +151,7 @@ def test_nifti2_epi_and_a_header_only_siemens_file(tmp_path: Path) -> None:
                     tmp_path / "s.zarr", spacing=None, tile_size=32, max_background=1.0)
     store = TileStore(tmp_path / "s.zarr")
     assert store.n == 12 and report["items_read"] == 1  # 12 slices of 32x20 px, one tile each
-    (reason,) = reasons(report)
-    assert reason.startswith("pixel data cannot be decoded")
+    assert reasons(report) == ["is truncated or header-only: the file ends before its pixel data"]
     assert report["skipped"][0]["path"] == str(header_only)
 
 
@@ -202,6 +174,7 @@ def test_full_size_mr_is_resampled_and_slabs_named(tmp_path: Path) -> None:
 
 def test_no_patient_identifier_reaches_the_store(tmp_path: Path) -> None:
     folder = copy_files(SIEMENS_MR + [pydicom_file("MR_small.dcm")], tmp_path / "dft patient")
+    siemens_mosaic(folder)
     sources = [folder, MR_SCOUTS]
     files = sorted(folder.iterdir()) + sorted(p for p in MR_SCOUTS.rglob("*") if p.is_file())
     needles = identifying_strings(files)

@@ -8,7 +8,8 @@ provides. With `masks=` every tile keeps its mask and a label from it (see `mask
 
 Per-tile geometry goes to meta arrays: `position` (slice index, row, column of the tile's
 top-left pixel, in the resampled slice), `slice_position` (mm along the slice normal),
-`spacing` (slice step, row, column in mm) and `volume` (index within a 4-D NIfTI).
+`spacing` (slice step, row, column in mm) and `volume` (index within a 4-D NIfTI, or among the
+stacks of a multi-frame DICOM file).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from domainclust.errors import DomainclustError
 from domainclust.ingest import MaskLayout, Skip, SourceItem, TileBatch
 from domainclust.salt import installation_salt
 from domainclust.store import StoreSpec, mask_dtype_for
-from domainclust.modalities.medical.dicom import group_series, load_multiframe, load_series
+from domainclust.modalities.medical.dicom import group_series
 from domainclust.modalities.medical.dicom_seg import OVERLAP_MODES, load_seg_mask, seg_classes
 from domainclust.modalities.medical.masks import (
     UNLABELLED,
@@ -36,8 +37,11 @@ from domainclust.modalities.medical.masks import (
     resample_mask,
     tile_labels,
 )
+from domainclust.modalities.medical.mosaic import load_mosaic
+from domainclust.modalities.medical.multiframe import load_multiframe
 from domainclust.modalities.medical.nifti import is_nifti, load_nifti
 from domainclust.modalities.medical.nrrd import detached_data_files, is_nrrd, load_nrrd
+from domainclust.modalities.medical.slices import load_series
 from domainclust.modalities.medical.tiles import (
     check_resampled_size,
     gather_tiles,
@@ -251,7 +255,8 @@ class MedicalAdapter:
                     "position": "(slice index, row, column) of the tile origin, resampled pixels",
                     "slice_position": "mm along the slice normal",
                     "spacing": "(slice step, row, column) in mm after resampling",
-                    "volume": "volume index within a 4-D NIfTI (0 otherwise)",
+                    "volume": "volume index within a 4-D NIfTI or a multi-frame DICOM file "
+                              "(0 otherwise)",
                 },
                 **({"labels": f"1 when at least {opts.label_fraction:g} of the tile's labelled "
                               "mask pixels are foreground (> 0), 0 otherwise, -1 with none"}
@@ -285,7 +290,9 @@ class MedicalAdapter:
             if item.info.get("mask"):
                 mask = self.load_mask(item.paths[1], image=volumes[0], opts=opts)
         elif kind == "dicom-frames":
-            volumes = [load_multiframe(item.paths[0], **common)]
+            volumes, dropped = load_multiframe(item.paths[0], **common)
+        elif kind == "dicom-mosaic":
+            volumes = [load_mosaic(item.paths[0], **common)]
         else:
             series = item.paths[:-1] if item.info.get("mask") else item.paths
             volume, dropped = load_series(series, **common)
