@@ -312,16 +312,17 @@ def mutation_rows(o: Outcome) -> list[str]:
         undetected = o.files[kind] - o.named[kind]
         bad = broke or (kind in MUST_BE_NAMED and undetected)
         lost = f"{o.good_tiles_lost} of {o.good_tiles}"
+        verdict = "FAIL" if bad else "ok" if kind in MUST_BE_NAMED else "ok (may pass)"
         rows.append(f"{o.adapter:8s} {kind:26s} {o.files[kind]:5d} {o.named[kind]:5d} "
                     f"{undetected:10d} {int(o.traceback is not None):10d} {int(o.hang):5d} "
-                    f"{lost:>16s}  {'FAIL' if bad else 'ok' if kind in MUST_BE_NAMED else 'ok (may pass)'}")
+                    f"{lost:>16s}  {verdict}")
     return rows
 
 
 def main(root: Path, seed: int = 0) -> int:
     """Build and ingest the corpus and the cases under `root`; print the table; the number of
     rows that failed."""
-    from corpus_cases import CASES, REFUSALS, cases_table, run_case, run_refusal
+    from corpus_cases import CASES, REFUSALS, CaseOutcome, cases_table, run_case, run_refusal
 
     print(HEADER)
     failed = 0
@@ -336,7 +337,11 @@ def main(root: Path, seed: int = 0) -> int:
     for case in CASES:
         work = root / "cases" / case.kind
         shutil.rmtree(work, ignore_errors=True)
-        outcomes.append(run_case(case, work))
+        try:
+            with deadline(HANG_SECONDS):
+                outcomes.append(run_case(case, work))
+        except Hang:
+            outcomes.append(CaseOutcome(case.kind, case.adapter, hang=True, problem="hang"))
     refusals = []
     for refusal in REFUSALS:
         work = root / "refusals" / refusal.kind

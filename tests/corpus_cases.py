@@ -23,7 +23,7 @@ import numpy as np
 import pydicom
 import rasterio
 from geotiff_data import make_scene, truncated_cog, write_raster
-from medical_data import NIBABEL_DATA, ct_series, nifti_with_header, pydicom_file
+from medical_data import ct_series, nifti_with_header, pydicom_file
 from PIL import Image
 from pydicom.uid import generate_uid
 from rasterio.windows import Window
@@ -59,6 +59,7 @@ class CaseOutcome:
     named: int = 0
     undetected: int = 0  # files that had to be named and were not
     traceback: str | None = None
+    hang: bool = False
     tiles: int = 0
     problem: str | None = None  # what differs from the expected outcome
 
@@ -130,7 +131,7 @@ def _nifti2_long(folder: Path) -> list[Path]:
     image.header.set_xyzt_units(xyz="mm")
     nib.save(image, folder / "long.nii")
     data = bytearray((folder / "long.nii").read_bytes())
-    header = nib.Nifti2Header.from_fileobj(open(folder / "long.nii", "rb"))  # noqa: SIM115
+    header = nib.load(folder / "long.nii").header.copy()
     header["dim"][1:4] = (2, 2, 3_000_000)
     data[:540] = header.binaryblock
     (folder / "long.nii").write_bytes(bytes(data))
@@ -369,7 +370,7 @@ def cases_table(cases: list[CaseOutcome], refusals: list[RefusalOutcome]) -> lis
     lines = []
     for o in cases:
         lines.append(f"{o.adapter:8s} {o.kind:26s} {o.files:5d} {o.named:5d} {o.undetected:10d} "
-                     f"{int(o.traceback is not None):10d} {0:5d} {'-':>16s}  "
+                     f"{int(o.traceback is not None):10d} {int(o.hang):5d} {'-':>16s}  "
                      f"{'ok' if o.ok else 'FAIL: ' + (o.problem or 'traceback')}")
     lines.append("")
     lines.append(f"{'refusal':30s} {'refused':>7s} {'one line':>8s} {'untouched':>9s}  outcome")
