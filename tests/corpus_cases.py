@@ -324,7 +324,7 @@ def _add_with_other_options(root: Path) -> tuple[list[str], Path | None]:
 def _pretrain_other_tile_size(root: Path) -> tuple[list[str], Path | None]:
     _, out = _ingested(root)
     return ["pretrain", "--store", str(out), "--run-dir", str(root / "run"), "--quiet",
-            "--set", "tile_size=24", "--set", "k=2"], out
+            "--set", "tile_size=48", "--set", "k=2"], out
 
 
 def _pretrain_negative_k(root: Path) -> tuple[list[str], Path | None]:

@@ -76,10 +76,10 @@ def test_a_tile_size_other_than_the_stores_is_refused_unless_resizing_is_asked_f
         mnist_store: Path, tmp_path: Path) -> None:
     run = tmp_path / "r"
     proc = subprocess.run([sys.executable, "-m", "domainclust",
-                           *pretrain_args(mnist_store, run, [*TINY, "k=10", "tile_size=24"])],
+                           *pretrain_args(mnist_store, run, [*TINY, "k=10", "tile_size=48"])],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert "data.tile_size=24 differs from the store's 32 px tiles" in proc.stderr
+    assert "data.tile_size=48 differs from the store's 32 px tiles" in proc.stderr
     assert "resize=true" in proc.stderr and not run.exists()
     check_config(resolve(overrides=["tile_size=32"]), store_tile_size=32)  # the store's own
     check_config(resolve(overrides=["tile_size=24", "resize=true"]), store_tile_size=32)
