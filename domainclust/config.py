@@ -61,6 +61,7 @@ class DataConfig:
     subset_size: int | None = None  # None: the whole pool every epoch
     tiles_per_chunk: int | None = None  # None: a proportional share of every chunk
     tile_size: int | None = None  # None: the store's tile size
+    resize: bool = False  # a tile_size other than the store's is an error unless this is set
     cache: Cache = "auto"
     workers: int | None = None  # DataLoader processes; None: 0 on CPU, up to 8 with a GPU
     batch_augment: BatchAugment = "auto"  # auto: batched with CUDA
@@ -127,6 +128,7 @@ SHORT_KEYS: dict[str, str] = {
     "pca_dim": "cluster.pca_dim",
     "subset_size": "data.subset_size",
     "tile_size": "data.tile_size",
+    "resize": "data.resize",
     "seed": "seed",
     "device": "device",
     "workers": "data.workers",

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from domainclust.errors import DomainclustError
-from domainclust.ingest import (
-    Adapter, Skipped, SourceItem, TileBatch, _read, item_meta, item_record,
+from domainclust.ingest_item import (
+    Adapter, Skipped, SourceItem, TileBatch, item_meta, item_record, read_item,
 )
 from domainclust.store import TileStoreWriter
 
@@ -193,7 +193,7 @@ def _run(
         while nxt < len(items) or reads:
             while nxt < len(items) and len(reads) < ahead:
                 item = items[nxt]
-                read = client.submit(_read, adapter, item, options, pure=False)
+                read = client.submit(read_item, adapter, item, options, pure=False)
                 reads.append((item, read, client.submit(_summarize, read, item, pure=False)))
                 nxt += 1
             item, read, summary_f = reads.popleft()

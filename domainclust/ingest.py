@@ -19,93 +19,23 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from domainclust.atomic import atomic_write_text
+from domainclust.dask_ingest import ingest_on_dask
 from domainclust.errors import DomainclustError
+from domainclust.ingest_item import (
+    Adapter, Skipped, SourceItem, TileBatch, adapter_masks, item_meta, item_record, read_item,
+)
+from domainclust.ingest_item import MaskLayout, Skip, scrub_paths  # noqa: F401 - for adapters
 from domainclust.salt import salt_id
-from domainclust.store import StoreSpec, TileStoreWriter, is_our_store
+from domainclust.store import TileStoreWriter, is_our_store
 
 REPORT_SUFFIX = ".ingest-report.json"  # the report sits beside the store: it names files by path
 TERMINAL_LINES = 200  # skipped items listed on the terminal; the report file lists them all
-
-
-@dataclass
-class SourceItem:
-    """One unit of work: a file, a DICOM series, a window of a scene, an RGB/depth pair."""
-
-    key: str  # stable across runs: the resume bookkeeping uses it
-    paths: list[Path]
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class MaskLayout:
-    """What an adapter that keeps a per-pixel mask beside every tile declares about them."""
-
-    dtype: str  # "uint8" | "int16", see `domainclust.store.mask_dtype_for`
-    classes: list[str] | None = None  # class names by id, when the source gives them
-
-
-@dataclass
-class TileBatch:
-    tiles: np.ndarray  # (n, C, H, W) in the store's dtype
-    labels: np.ndarray | None = None
-    masks: np.ndarray | None = None  # (n, H, W) class ids, negative where unlabelled
-    meta: dict[str, np.ndarray] = field(default_factory=dict)
-    skipped_tiles: int = 0  # tiles dropped inside the item (background, nodata), for the report
-    skipped_files: list[tuple[int, str]] = field(default_factory=list)  # (index in the item's
-    # paths, reason) of files left out of an item that groups several files
-    counts: dict[str, int] = field(default_factory=dict)  # adapter counters summed into the
-    # report, e.g. {"values_clipped": n}: what a user should know about the values stored
-
-
-class Skip(Exception):
-    """Raised by `Adapter.read` for an item that cannot be used; the reason goes in the report.
-
-    `files` gives per-file reasons, as (index in the item's paths, reason), when the files of
-    a multi-file item failed for different reasons. Reasons never name files: the report beside
-    the store adds the paths, and the store keeps only the reasons.
-    """
-
-    def __init__(self, reason: str, *, files: list[tuple[int, str]] | None = None) -> None:
-        super().__init__(reason)
-        self.files = list(files or [])
-
-
-class Adapter(Protocol):
-    def discover(self, sources: list[Path], options: dict[str, Any]) -> list[SourceItem]: ...
-
-    def spec(self, items: list[SourceItem], options: dict[str, Any]) -> StoreSpec: ...
-
-    def has_labels(self, items: list[SourceItem], options: dict[str, Any]) -> bool: ...
-
-    def read(self, item: SourceItem, options: dict[str, Any]) -> TileBatch: ...
-
-    # Optional: `mask_layout(items, options) -> MaskLayout | None`; an adapter that gives one
-    # returns `masks` with every batch (see `adapter_masks`).
-    # Optional: `untracked_options`, the names of options that change no tile (they stay out
-    # of the store's identity, see `tracked_options`), and
-    # `continue_store(items, attrs, options) -> (items, provenance)`, for an adapter whose
-    # items depend on the store they extend (see `continued_items`).
-
-
-def adapter_masks(adapter: Adapter, items: list[SourceItem],
-                  options: dict[str, Any]) -> MaskLayout | None:
-    """The adapter's mask layout, None for an adapter (or options) without masks."""
-    layout = getattr(adapter, "mask_layout", None)
-    return None if layout is None else layout(items, options)
-
-
-@dataclass
-class Skipped:
-    """An item that gave no tiles, as a worker hands it back (picklable)."""
-
-    reason: str
-    files: list[tuple[int, str]]
 
 
 @dataclass
@@ -144,54 +74,13 @@ class Bookkeeping:
             self.counts[name] = self.counts.get(name, 0) + int(value)
 
 
-def item_record(item: SourceItem, result: TileBatch | Skipped) -> dict[str, Any]:
-    """The commit record of one item: a few bytes, whatever the number of items before it.
-    Reasons are scrubbed of the item's paths: the record lives in the store."""
-    files = result.files if isinstance(result, Skipped) else result.skipped_files
-    record: dict[str, Any] = {"key": item.key}
-    if isinstance(result, Skipped):
-        record["skip"] = scrub_paths(result.reason, item.paths)
-    else:
-        record["n"] = len(result.tiles)
-        if result.skipped_tiles:
-            record["dropped"] = int(result.skipped_tiles)
-        if any(result.counts.values()):
-            record["counts"] = {k: int(v) for k, v in sorted(result.counts.items()) if v}
-    if files:
-        record["files"] = [[int(i), scrub_paths(r, item.paths)] for i, r in files]
-    return record
-
-
-def item_meta(meta: dict[str, np.ndarray], *, n: int, source: int) -> dict[str, np.ndarray]:
-    """The meta rows of an item's `n` tiles: its source index, then the adapter's own."""
-    return {"source": np.full(n, source, dtype=np.int32), **meta}
-
-
-def _read(adapter: Adapter, item: SourceItem, options: dict[str, Any]) -> TileBatch | Skipped:
-    """One item's tiles, or why it gave none. Whatever a reader or resampler raises on one
-    item (a damaged file, a header asking for more memory than there is) skips that item
-    alone; only a DomainclustError, a problem of the whole run, stops it."""
-    try:
-        return adapter.read(item, options)
-    except Skip as exc:
-        return Skipped(str(exc), exc.files)
-    except DomainclustError:
-        raise
-    except MemoryError:
-        return Skipped("MemoryError: reading it needs more memory than is free", [])
-    except Exception as exc:  # noqa: BLE001 - one bad file never ends the run
-        text = (str(exc).strip().splitlines() or [""])[0][:300]
-        return Skipped(f"cannot be read ({type(exc).__name__}{': ' + text if text else ''})",
-                       [])
-
-
 def _results(
     adapter: Adapter, items: list[SourceItem], options: dict[str, Any], workers: int
 ) -> Iterator[tuple[SourceItem, TileBatch | Skipped]]:
     """Item results in item order, read by `workers` processes with bounded look-ahead."""
     if workers <= 1:
         for item in items:
-            yield item, _read(adapter, item, options)
+            yield item, read_item(adapter, item, options)
         return
     ctx = multiprocessing.get_context("spawn")  # fork + torch/BLAS threads deadlocks
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
@@ -199,7 +88,7 @@ def _results(
         nxt = 0
         for i in range(len(items)):
             while nxt < len(items) and len(pending) < 2 * workers:
-                pending[nxt] = pool.submit(_read, adapter, items[nxt], options)
+                pending[nxt] = pool.submit(read_item, adapter, items[nxt], options)
                 nxt += 1
             future = pending.pop(i)
             wait([future], return_when=FIRST_COMPLETED)
@@ -288,8 +177,6 @@ def run_ingest(
                 bar.set_postfix(tiles=writer.count, skipped=len(book.skipped), refresh=False)
 
             if dask is not None:
-                from domainclust.dask_ingest import ingest_on_dask
-
                 ingest_on_dask(adapter, todo, options, writer=writer, dask=dask,
                                source_index=source_index, on_commit=committed)
             else:
@@ -447,17 +334,6 @@ def item_order(writer: TileStoreWriter, keys: list[str], *, add: bool) -> list[s
             "another --out"
         )
     return list(stored)
-
-
-def scrub_paths(reason: str, paths: list[Path]) -> str:
-    """A reason without the item's file paths or file names (libraries quote them)."""
-    for path in paths:
-        texts = {str(path.resolve()), str(path)}
-        if "." in path.name or len(path.name) >= 8:  # not a word like "empty" or a number
-            texts.add(path.name)
-        for text in sorted(texts, key=len, reverse=True):
-            reason = reason.replace(text, "<file>")
-    return reason
 
 
 def skip_entries(

@@ -23,7 +23,9 @@ costs the same at the millionth item as at the first: it appends one line, it ne
 what earlier commits wrote. `count` and `complete` reach `zarr.json` when the writer finishes.
 
 A store opens for reading from a local path or an fsspec URL (`http(s)://`, `s3://`, `gs://`,
-`file://`); remote reads go chunk by chunk through the same chunk-aware path as local ones.
+`file://`); remote reads go chunk by chunk through the same chunk-aware path as local ones,
+and a remote read that fails is tried again for a few seconds, then named by its URL
+(`domainclust.remote`).
 """
 
 from __future__ import annotations
@@ -32,11 +34,11 @@ import copy
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import zarr
@@ -44,9 +46,12 @@ from zarr.codecs import BloscCodec
 
 from domainclust.errors import DomainclustError
 from domainclust.lock import StoreLock
+from domainclust.remote import retrying
 
 if TYPE_CHECKING:
     import torch
+
+T = TypeVar("T")
 
 FORMAT_VERSION = 1
 STORAGE_DTYPES = ("uint8", "uint16", "float16")
@@ -536,11 +541,15 @@ class TileStore:
             raise DomainclustError(
                 f"store {self.path} does not exist; create one with `domainclust ingest`"
             )
-        try:
-            self.group = zarr.open_group(
+
+        def open_group() -> tuple[Any, Any]:
+            group = zarr.open_group(
                 str(self.path), mode="r", storage_options=storage_options if self.remote else None
             )
-            self.tiles = self.group["tiles"]
+            return group, group["tiles"]
+
+        try:
+            self.group, self.tiles = self._io(open_group)
         except (zarr.errors.GroupNotFoundError, KeyError, ValueError, FileNotFoundError):
             raise DomainclustError(
                 f"{self.path} is not a domainclust TileStore (no zarr group with a 'tiles' array); "
@@ -575,6 +584,11 @@ class TileStore:
     def __len__(self) -> int:
         return self.n
 
+    def _io(self, call: Callable[[], T]) -> T:
+        """`call()`, a read of the store: retried while a remote store is briefly unreachable,
+        then a one-line error naming its URL (`domainclust.remote`)."""
+        return retrying(call, url=str(self.path)) if self.remote else call()
+
     def with_channels(self, channels: tuple[str, ...], *, needed_by: str) -> TileStore:
         """A view whose tiles hold `channels` in that order, picked out of each chunk as it is
         read (nothing is copied); itself when they are its own. A channel the store lacks is
@@ -603,16 +617,16 @@ class TileStore:
 
     @property
     def has_labels(self) -> bool:
-        return "labels" in self.group
+        return self._io(lambda: "labels" in self.group)
 
     @property
     def labels(self) -> np.ndarray | None:
-        return self.group["labels"][: self.n] if self.has_labels else None
+        return self._io(lambda: self.group["labels"][: self.n]) if self.has_labels else None
 
     @property
     def has_masks(self) -> bool:
         """Whether every tile has a per-pixel mask (`read_masks`)."""
-        return "masks" in self.group
+        return self._io(lambda: "masks" in self.group)
 
     @property
     def mask_ignore(self) -> int | None:
@@ -641,7 +655,7 @@ class TileStore:
         return out
 
     def meta(self, name: str) -> np.ndarray:
-        return self.group["meta"][name][: self.n]
+        return self._io(lambda: self.group["meta"][name][: self.n])
 
     def meta_names(self) -> list[str]:
         """The store's meta arrays (listing: local stores)."""
@@ -650,7 +664,7 @@ class TileStore:
     def has_meta(self, name: str) -> bool:
         """Whether meta array `name` exists (no listing needed: works on remote stores)."""
         try:
-            self.group["meta"][name]
+            self._io(lambda: self.group["meta"][name])
         except KeyError:
             return False
         return True
@@ -692,14 +706,17 @@ class TileStore:
             chunk = int(chunk_ids[where[0]])
             start = chunk * self.chunk_len
             stop = min(start + self.chunk_len, self.n)
-            block = array[start:stop]
+            block = self._io(lambda: array[start:stop])
             rows = indices[where] - start
             if self._channel_index is not None and array is self.tiles:
                 return start, block[np.ix_(rows, self._channel_index)], where
             return start, block[rows], where
 
-        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, threads))
+        try:
             yield from pool.map(load, groups)
+        finally:  # after a failed read, the chunks not yet started are not read at all
+            pool.shutdown(wait=True, cancel_futures=True)
 
     @property
     def n_chunks(self) -> int:

@@ -3,7 +3,8 @@
 Types and allowed values come from the `Config` schema (the `Literal` types of `config.py`);
 this adds the ranges of numeric settings, the device syntax, and the rules that need the
 store or the process group: k against the tiles clustered per epoch, the global batch against
-the number of processes. Every refusal is one line naming the key, the value and what is
+the number of processes, a tile size other than the store's only when resizing is asked
+for. Every refusal is one line naming the key, the value and what is
 allowed, so a corrected command can reuse the same run dir.
 """
 
@@ -107,7 +108,14 @@ def _check_against_tiles(config: cfg.Config, *, n_tiles: int) -> None:
 
 def _check_tile_size(config: cfg.Config, *, store_tile_size: int) -> None:
     size, most = config.data.tile_size, MAX_UPSCALE * store_tile_size
-    if size is not None and size > most:
+    if size is None or size == store_tile_size:
+        return
+    if not config.data.resize:
+        raise DomainclustError(
+            f"data.tile_size={size} differs from the store's {store_tile_size} px tiles (store "
+            f"{config.data.store}); every tile would be resized, so ask for it with --set "
+            f"resize=true, or leave tile_size unset for {store_tile_size}")
+    if size > most:
         raise DomainclustError(
             f"data.tile_size={size} is more than {MAX_UPSCALE}x the store's {store_tile_size} px "
             f"tiles (store {config.data.store}); enlarging adds no detail, so set tile_size to at "

@@ -6,8 +6,10 @@ or in the pixel data, emptied, another format under the adapter's extension, NaN
 absurd header dimensions. DICOM mutants get their own UIDs first, so that they form series of
 their own and a good series stays exactly what it was.
 
-`python tests/corpus.py` builds the corpus, ingests it, and prints the figures per mutation
-kind (files, named in the report, ingested undetected, tracebacks, hangs, good tiles lost).
+`python tests/corpus.py [ROOT] [SEED]` builds the corpus under ROOT, ingests it, and prints a
+row per mutation kind (files, named in the report, undetected, tracebacks, hangs, good tiles
+lost), then one per hostile case and harmful command of `corpus_cases.py`, each with its
+outcome against what it expects; it exits 1 when any row fails.
 """
 
 from __future__ import annotations
@@ -295,25 +297,63 @@ def run_corpus(corpus: Corpus, work: Path) -> Outcome:
     return outcome
 
 
-def main(root: Path, seed: int = 0) -> None:
+HEADER = (f"{'adapter':8s} {'kind':26s} {'files':>5s} {'named':>5s} {'undetected':>10s} "
+          f"{'tracebacks':>10s} {'hangs':>5s} {'good tiles lost':>16s}  outcome")
+
+
+def mutation_rows(o: Outcome) -> list[str]:
+    """One row per mutation kind of an adapter's corpus; tracebacks, hangs and good tiles lost
+    are those of the adapter's one ingest of every kind together."""
     rows = []
+    broke = o.traceback is not None or o.hang or o.good_tiles_lost
+    for kind in KINDS:
+        if not o.files[kind]:
+            continue
+        undetected = o.files[kind] - o.named[kind]
+        bad = broke or (kind in MUST_BE_NAMED and undetected)
+        lost = f"{o.good_tiles_lost} of {o.good_tiles}"
+        verdict = "FAIL" if bad else "ok" if kind in MUST_BE_NAMED else "ok (may pass)"
+        rows.append(f"{o.adapter:8s} {kind:26s} {o.files[kind]:5d} {o.named[kind]:5d} "
+                    f"{undetected:10d} {int(o.traceback is not None):10d} {int(o.hang):5d} "
+                    f"{lost:>16s}  {verdict}")
+    return rows
+
+
+def main(root: Path, seed: int = 0) -> int:
+    """Build and ingest the corpus and the cases under `root`; print the table; the number of
+    rows that failed."""
+    from corpus_cases import CASES, REFUSALS, CaseOutcome, cases_table, run_case, run_refusal
+
+    print(HEADER)
+    failed = 0
     for adapter, build in BUILDERS.items():
         work = root / adapter
         shutil.rmtree(work, ignore_errors=True)
-        corpus = build(work / "files", seed)
-        outcome = run_corpus(corpus, work)
-        rows.append(outcome)
-    print(f"{'adapter':8s} {'kind':16s} {'files':>5s} {'named':>5s} {'ingested':>8s}")
-    for o in rows:
-        for kind in KINDS:
-            if o.files[kind]:
-                print(f"{o.adapter:8s} {kind:16s} {o.files[kind]:5d} {o.named[kind]:5d} "
-                      f"{o.files[kind] - o.named[kind]:8d}")
-    for o in rows:
-        print(f"{o.adapter}: tracebacks {int(o.traceback is not None)}, hangs {int(o.hang)}, "
-              f"good tiles lost {o.good_tiles_lost} of {o.good_tiles}")
+        outcome = run_corpus(build(work / "files", seed), work)
+        rows = mutation_rows(outcome)
+        failed += sum("FAIL" in r for r in rows)
+        print("\n".join(rows), flush=True)
+    outcomes = []
+    for case in CASES:
+        work = root / "cases" / case.kind
+        shutil.rmtree(work, ignore_errors=True)
+        try:
+            with deadline(HANG_SECONDS):
+                outcomes.append(run_case(case, work))
+        except Hang:
+            outcomes.append(CaseOutcome(case.kind, case.adapter, hang=True, problem="hang"))
+    refusals = []
+    for refusal in REFUSALS:
+        work = root / "refusals" / refusal.kind
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        refusals.append(run_refusal(refusal, work))
+    print("\n".join(cases_table(outcomes, refusals)))
+    failed += sum(not o.ok for o in outcomes) + sum(not r.ok for r in refusals)
+    print(f"\n{failed} row(s) failed")
+    return failed
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/domainclust-corpus"),
-         seed=int(sys.argv[2]) if len(sys.argv) > 2 else 0)
+    sys.exit(main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/domainclust-corpus"),
+                  seed=int(sys.argv[2]) if len(sys.argv) > 2 else 0) > 0)

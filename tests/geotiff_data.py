@@ -173,3 +173,18 @@ if __name__ == "__main__":
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "geotiff_sample")
     for p in write_sample_set(out):
         print(p)
+
+
+def truncated_cog(path: Path, *, keep: float, seed: int = 0, size: int = 256) -> Path:
+    """A cloud-optimised GeoTIFF (directory first, then 64 px tiles) cut to the first `keep`
+    of its bytes, as an interrupted download leaves it: the first tiles still decode."""
+    import rasterio.shutil
+
+    full = path.with_name(path.stem + "_whole.tif")
+    make_scene(full, height=size, width=size, seed=seed, edge=0)
+    rasterio.shutil.copy(full, path, driver="COG", compress="deflate", blocksize=64,
+                         overviews="NONE")
+    full.unlink()
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path

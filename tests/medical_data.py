@@ -185,3 +185,18 @@ def crop_nrrd(source: Path, target: Path, *, box: tuple[slice, slice, slice],
     nrrd.write(str(target), np.ascontiguousarray(data[box]), header, detached_header=detached,
                index_order="F")
     return target
+
+
+def nifti_with_header(target: Path, **fields: Any) -> Path:
+    """nibabel's anatomical.nii (33x41x25, 2 mm, big-endian NIfTI-1) with header `fields` set
+    in the bytes as written (e.g. pixdim, sform_code, xyzt_units), as a broken writer leaves
+    them; nibabel's own save would fix or refuse some of them."""
+    source = NIBABEL_DATA / "anatomical.nii"
+    header = nibabel.load(source).header.copy()
+    for name, value in fields.items():
+        header[name] = value
+    data = bytearray(source.read_bytes())
+    data[:348] = header.binaryblock
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(bytes(data))
+    return target

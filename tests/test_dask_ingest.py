@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,30 @@ def test_masks_written_on_dask_equal_the_serial_ones(client, tmp_path) -> None:
     assert_same_store(tmp_path / "serial.zarr", tmp_path / "dask.zarr")
 
 
+def test_a_dask_store_records_its_options_and_refuses_others(scenes, client, tmp_path) -> None:
+    """A resume or --add on Dask with another option is refused as it is serially."""
+    first = tmp_path / "first"
+    first.mkdir()
+    for name in ("s0.tif", "s1.tif"):
+        (first / name).symlink_to(scenes / name)
+    out, serial = tmp_path / "dask.zarr", tmp_path / "serial.zarr"
+    run_ingest(GeoTiffAdapter(), [first], out, options=GEO, progress=False, dask=client)
+    run_ingest(GeoTiffAdapter(), [first], serial, options=GEO, progress=False)
+    recorded = TileStore(out).attrs["ingest_options"]
+    assert recorded == TileStore(serial).attrs["ingest_options"] and recorded["tile_size"] == 32
+    before = (out / "commits.jsonl").read_text()
+    other = {**GEO, "stride": 16}
+    for add, sources in ((False, [first]), (True, [scenes])):
+        with pytest.raises(DomainclustError, match=r"ingested with stride=null; this run asks "
+                                                   r"for stride=16"):
+            run_ingest(GeoTiffAdapter(), sources, out, options=other, progress=False,
+                       dask=client, add=add)
+    assert (out / "commits.jsonl").read_text() == before
+    run_ingest(GeoTiffAdapter(), [scenes], out, options=GEO, progress=False, dask=client,
+               add=True)
+    assert TileStore(out).n > TileStore(serial).n
+
+
 class DyingAdapter(GeoTiffAdapter):
     """Kills the worker process that reads `victim`: every time, or once (flag file)."""
 
@@ -171,3 +196,10 @@ def test_a_worker_killed_mid_ingest_then_a_rerun_gives_the_serial_store(
                dask=process_client)
     assert_same_store(serial, out)
     assert zarr.open_group(str(out), mode="r")["tiles"].shape[0] == TileStore(serial).n
+
+
+def test_the_dask_engine_does_not_import_the_serial_one() -> None:
+    """The two engines share `ingest_item`; the serial one dispatches to Dask, not back."""
+    code = ("import sys, domainclust.dask_ingest; "
+            "sys.exit('domainclust.ingest' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

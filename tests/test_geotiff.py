@@ -516,3 +516,20 @@ def test_cli_ingest_then_pretrain_one_epoch(scenes: Path, tmp_path: Path) -> Non
                                  "--set", "device=cpu", "--quiet"], env=env)
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert (run_dir / "metrics.jsonl").read_text().count("\n") == 1
+
+
+def test_a_truncated_geotiff_keeps_the_tiles_that_decode_and_names_what_was_lost(
+        tmp_path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    cut = gd.truncated_cog(folder / "cut.tif", keep=0.6)
+    whole = gd.truncated_cog(tmp_path / "whole.tif", keep=1.0)  # the same scene, every byte
+    report = ingest([folder], tmp_path / "s.zarr")
+    (entry,) = report["skipped"]
+    assert entry["path"] == str(cut) and re.match(r"\d+ tile\(s\) lost in rows", entry["reason"])
+    lost = int(entry["reason"].split()[0])
+    store = TileStore(tmp_path / "s.zarr")
+    assert store.n > 0 and store.n + lost == (256 // TILE) ** 2  # every tile kept or counted
+    tiles = store.read(np.arange(store.n))
+    for tile, (row, col) in zip(tiles, store.meta("position")):
+        np.testing.assert_array_equal(tile, source_window(str(whole), row, col))

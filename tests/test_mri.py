@@ -22,6 +22,7 @@ from medical_data import (
     grep_store,
     identifying_strings,
     ingest,
+    nifti_with_header,
     pydicom_file,
     reasons,
     robust_z,
@@ -143,6 +144,23 @@ def test_broken_nifti_is_named_by_path_outside_the_store(tmp_path: Path) -> None
     assert sorted(s["path"] for s in report["skipped"]) == sorted(
         str(p) for p in (tmp_path / "in").iterdir())
     assert not grep_store(tmp_path / "s.zarr", {"bad_magic", "bad_datatype", "cut.nii"})
+
+
+def test_a_nifti_without_a_voxel_size_is_named_not_ingested_at_1_mm(tmp_path: Path) -> None:
+    """A zero or NaN pixdim that the affine is built from is refused, naming the file; with
+    an sform, pixdim is not used and the file is ingested at the sform's 2 mm."""
+    folder = tmp_path / "in"
+    zero = nifti_with_header(folder / "zero.nii", sform_code=0, pixdim=[-1, 2, 0, 2, 0, 0, 0, 0])
+    nan = nifti_with_header(folder / "nan.nii", sform_code=0,
+                            pixdim=[-1, np.nan, 2, 2, 0, 0, 0, 0])
+    good = nifti_with_header(folder / "sform.nii", pixdim=[-1, 0, 0, 0, 0, 0, 0, 0])
+    report = ingest(MODALITY, [folder], tmp_path / "s.zarr", **WHOLE, tile_size=32)
+    assert sorted(s["path"] for s in report["skipped"]) == [str(nan), str(zero)]
+    assert all("voxel size (pixdim)" in r and "nibabel would assume 1 mm" in r
+               for r in reasons(report))
+    assert report["items_read"] == 1
+    (volume,) = load_nifti(good, max_volumes=1)
+    assert volume.spacing == pytest.approx((2.0, 2.0, 2.0))
 
 
 def test_nifti2_epi_and_a_header_only_siemens_file(tmp_path: Path) -> None:

@@ -121,7 +121,7 @@ def test_the_defaults_the_readme_quotes_are_the_codes() -> None:
     assert epochs == 10
     assert f"(recipe `recipes/mnist.yaml`, {epochs} epochs)" in text
     assert "two epochs instead of the demo's ten" in text
-    assert f"`tile_size` at most {MAX_UPSCALE}x the store's" in text
+    assert f"and then at most {MAX_UPSCALE}x the store's" in text
 
 
 def test_the_front_end_of_every_shipped_recipe_is_as_the_readme_says() -> None:

@@ -14,7 +14,7 @@ from domainclust.cli import app
 from domainclust.replication.compare import compare_run, format_table
 
 TINY = ["--set", "epochs=1", "--set", "k=2", "--set", "batch_size=4", "--set", "tile_size=64",
-        "--set", "subset_size=8", "--set", "pca_dim=4", "--ingest-set", "tile_size=72",
+        "--set", "resize=true", "--set", "subset_size=8", "--set", "pca_dim=4", "--ingest-set", "tile_size=72",
         "--eval-set", "steps=2", "--eval-set", "batch_size=4", "--eval-set", "repeats=1",
         "--eval-set", "shots=[1]", "--eval-set", "weight_decays=[0.001]",
         "--eval-set", "protocol=linear", "--quiet"]

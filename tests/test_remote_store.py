@@ -7,15 +7,17 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from domainclust import deepcluster
+from domainclust import deepcluster, remote
 from domainclust.config import resolve
 from domainclust.errors import DomainclustError
 from domainclust.staging import stage_tiles
@@ -163,3 +165,85 @@ def test_a_store_on_s3_reads_like_the_local_one(mnist_store, tmp_path) -> None:
         assert there.tiles.shards[0] == 8 * there.chunk_len
     finally:
         server.stop()
+
+
+class Server:
+    """A `ThreadingHTTPServer` serving `root` on 127.0.0.1 in this process, that can be stopped
+    and started again on the same port, or made to die after `serve_chunks` chunk requests."""
+
+    def __init__(self, root: Path, *, serve_chunks: int | None = None) -> None:
+        self.root, self.port, self.serve_chunks = root, free_port(), serve_chunks
+        self.chunk_gets = 0
+        self.httpd: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        server = self
+
+        class Handler(SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs) -> None:
+                super().__init__(*args, directory=str(server.root), **kwargs)
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if "/tiles/c/" in self.path:
+                    server.chunk_gets += 1
+                    if server.serve_chunks is not None and server.chunk_gets > server.serve_chunks:
+                        threading.Thread(target=server.stop).start()  # dies mid-read
+                        self.close_connection = True
+                        return
+                super().do_GET()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            self.httpd = None
+
+
+def test_a_server_that_dies_mid_read_ends_pretraining_in_one_line_naming_the_url(
+        mnist_store, tmp_path) -> None:
+    shutil.copytree(mnist_store, tmp_path / "www" / "store.zarr")
+    server = Server(tmp_path / "www", serve_chunks=1)
+    server.start()
+    url = f"{server.url}/store.zarr"
+    settings = ["subset_size=1000", "k=8", "epochs=1", "batch_size=50", "pca_dim=8",
+                "model.width=0.25", "device=cpu", "report=false"]  # tiles from every chunk
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "domainclust", "pretrain", "--store", url, "--run-dir",
+             str(tmp_path / "run"), "--quiet", *[a for s in settings for a in ("--set", s)]],
+            capture_output=True, text=True, check=False, timeout=120)
+    finally:
+        server.stop()
+    assert server.chunk_gets > 1  # it died while the epoch's tiles were being read
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert f"store {url} cannot be reached" in proc.stderr and "tried 4 times" in proc.stderr
+
+
+def test_a_server_down_for_a_moment_is_retried_and_the_read_completes(
+        mnist_store, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(remote, "RETRY_DELAYS_S", (0.5, 1.0, 2.0))
+    shutil.copytree(mnist_store, tmp_path / "www" / "store.zarr")
+    server = Server(tmp_path / "www")
+    server.start()
+    try:
+        there = TileStore(f"{server.url}/store.zarr")
+        server.stop()  # down: the first tries of the read below fail
+        restart = threading.Timer(0.3, server.start)
+        restart.start()
+        tiles = there.read(np.arange(there.n))
+        restart.join()
+    finally:
+        server.stop()
+    np.testing.assert_array_equal(tiles, TileStore(mnist_store).read(np.arange(there.n)))
+    assert server.chunk_gets == there.n_chunks  # every chunk served once, after the restart

@@ -158,6 +158,27 @@ def test_pairing_mismatches_and_size_mismatches_are_reported(scene, tmp_path) ->
     assert saved["skipped"] == report["skipped"]
 
 
+@pytest.mark.parametrize("group_size", [1, 32])
+def test_a_bad_depth_map_is_named_not_its_rgb_image(scene, tmp_path, group_size) -> None:
+    """A truncated or 8-bit depth map names the depth file; a bad RGB image names itself."""
+    left, _, depth = scene
+    rgb, d = left[100:260, 200:440], depth[100:260, 200:440]
+    for stem in ("good", "cut", "byte", "badrgb"):
+        save_rgb(tmp_path / f"s/rgb/{stem}.png", rgb)
+        save_mm(tmp_path / f"s/depth/{stem}.png", d)
+    cut = tmp_path / "s/depth/cut.png"
+    cut.write_bytes(cut.read_bytes()[:200])
+    Image.fromarray((d * 10).astype(np.uint8)).save(tmp_path / "s/depth/byte.png")
+    bad_rgb = tmp_path / "s/rgb/badrgb.png"
+    bad_rgb.write_bytes(bad_rgb.read_bytes()[:100])
+    report = run([tmp_path / "s"], tmp_path / "p.zarr", tile_size=32, group_size=group_size)
+    assert report["tiles_written"] == 1
+    reasons = {relative(s["path"], tmp_path): s["reason"] for s in report["skipped"]}
+    assert set(reasons) == {"s/depth/cut.png", "s/depth/byte.png", "s/rgb/badrgb.png"}
+    assert "cannot read depth map" in reasons["s/depth/cut.png"]
+    assert "8-bit depth map" in reasons["s/depth/byte.png"]
+
+
 def test_pairs_csv_with_labels(scene, tmp_path) -> None:
     left, _, depth = scene
     rows = [("rgb", "depth", "label")]
@@ -199,8 +220,8 @@ def test_bad_options_and_inputs_give_clean_errors(scene, tmp_path) -> None:
         run([tmp_path / "odd"], tmp_path / "odd.zarr")
     reasons = {relative(s["path"], tmp_path): s["reason"] for s in json.loads(
         default_report_path(tmp_path / "odd.zarr").read_text())["skipped"]}
-    assert "8-bit depth map: its unit is unknown; set depth_scale" in reasons["odd/a.png"]
-    assert "is a RGB image; expected one channel" in reasons["odd/b.png"]
+    assert "8-bit depth map: its unit is unknown; set depth_scale" in reasons["odd/a_depth.png"]
+    assert "is a RGB image; expected one channel" in reasons["odd/b_depth.png"]
     assert "cannot decode image" in reasons["odd/c.png"]
 
     (tmp_path / "empty").mkdir()

@@ -2,7 +2,8 @@
 
 The corpus (tests/corpus.py) mixes good files with mutants of them. Ingest must never trace
 back or hang, must keep every good file's tiles exactly, and must name every file whose damage
-a reader can notice. Killed mid-ingest and re-run, the store must equal an uninterrupted
+a reader can notice. Each hostile case (tests/corpus_cases.py) ends as it expects, and each
+harmful command is refused in one line, touching nothing. Killed mid-ingest and re-run, the store must equal an uninterrupted
 ingest tile for tile.
 """
 
@@ -20,6 +21,7 @@ import numpy as np
 import pydicom
 import pytest
 from corpus import BUILDERS, MUST_BE_NAMED, run_corpus
+from corpus_cases import CASES, REFUSALS, Case, Refusal, run_case, run_refusal
 from medical_data import ct_series
 
 from domainclust.store import TileStore
@@ -47,6 +49,23 @@ def test_damaged_files_are_named_and_good_tiles_kept(adapter: str, tmp_path: Pat
 @pytest.mark.parametrize("adapter", sorted(BUILDERS))
 def test_damaged_files_with_other_seeds(adapter: str, seed: int, tmp_path: Path) -> None:
     check(adapter, seed, tmp_path)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.kind)
+def test_a_hostile_input_ends_as_expected(case: Case, tmp_path: Path) -> None:
+    """Named where it must be, tiles kept where they can be, never a traceback."""
+    outcome = run_case(case, tmp_path)
+    assert outcome.traceback is None, outcome.traceback
+    assert outcome.ok, outcome.problem
+
+
+@pytest.mark.parametrize("refusal", REFUSALS, ids=lambda r: r.kind)
+def test_a_harmful_command_is_refused_in_one_line_touching_nothing(refusal: Refusal,
+                                                                  tmp_path: Path) -> None:
+    outcome = run_refusal(refusal, tmp_path)
+    assert outcome.traceback is None, outcome.traceback
+    assert outcome.refused and outcome.one_line, outcome.message
+    assert outcome.untouched
 
 
 def many_series(folder: Path, *, count: int) -> None:

@@ -72,17 +72,30 @@ def test_a_bad_setting_is_refused_in_one_line_naming_it(mnist_store: Path, tmp_p
     assert not (tmp_path / "r").exists()
 
 
+def test_a_tile_size_other_than_the_stores_is_refused_unless_resizing_is_asked_for(
+        mnist_store: Path, tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    proc = subprocess.run([sys.executable, "-m", "domainclust",
+                           *pretrain_args(mnist_store, run, [*TINY, "k=10", "tile_size=48"])],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "data.tile_size=48 differs from the store's 32 px tiles" in proc.stderr
+    assert "resize=true" in proc.stderr and not run.exists()
+    check_config(resolve(overrides=["tile_size=32"]), store_tile_size=32)  # the store's own
+    check_config(resolve(overrides=["tile_size=24", "resize=true"]), store_tile_size=32)
+    check_config(resolve(overrides=["tile_size=128", "resize=true"]), store_tile_size=32)  # 4x
+
+
 def test_a_tile_size_far_above_the_stores_is_refused_before_any_memory_is_spent(
         mnist_store: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, pretrain_args(mnist_store, tmp_path / "r",
-                                                   [*TINY, "k=10", "tile_size=4096"]))
+                                                   [*TINY, "k=10", "tile_size=4096",
+                                                    "resize=true"]))
     assert isinstance(result.exception, DomainclustError), result.output
     assert str(result.exception).startswith(
         "data.tile_size=4096 is more than 4x the store's 32 px tiles")
     assert "at most 128" in str(result.exception)
     assert not (tmp_path / "r").exists()
-    config = resolve(overrides=["tile_size=128"])
-    check_config(config, store_tile_size=32)  # 4x is still allowed
 
 
 def test_the_allowed_set_is_named_and_rules_need_the_store_and_the_world() -> None:

@@ -40,7 +40,9 @@ from domainclust.ingest import MaskLayout, Skip, SourceItem, TileBatch, run_inge
 from domainclust.modality import Modality
 from domainclust.store import StoreSpec, mask_dtype_for
 from domainclust.modalities.geo.options import DEFAULTS, BandRequest, GeoOptions, parse_options
-from domainclust.modalities.geo.reader import open_scene, scene_has_valid_pixel
+from domainclust.modalities.geo.reader import (
+    BlockRead, open_scene, read_block, scene_has_valid_pixel,
+)
 from domainclust.modalities.geo.scenes import (
     Scene,
     SceneError,
@@ -224,16 +226,18 @@ class GeoTiffAdapter:
         row0, col0, n_rows, n_cols = item.info["block"]
         t, s = opts.tile_size, opts.stride
         window = Window(col0 * s, row0 * s, (n_cols - 1) * s + t, (n_rows - 1) * s + t)
+        offsets = [(r * s, c * s) for r in range(n_rows) for c in range(n_cols)]
         try:
             with open_scene(scene) as reader:
-                data, valid = reader.read(window)
+                block = read_block(reader, window, offsets, tile_size=t)
             label_px = _read_labels(scene.labels, window) if scene.labels else None
         except RasterioError as exc:
             raise Skip(f"cannot read rows {window.row_off}-{window.row_off + window.height}, "
                        f"cols {window.col_off}-{window.col_off + window.width}: "
                        f"{gdal_message(exc)}") from None
-        offsets = [(r * s, c * s) for r in range(n_rows) for c in range(n_cols)]
+        data, valid = block.data, block.valid
         fractions = np.array([valid[r:r + t, c:c + t].mean() for r, c in offsets])
+        fractions[block.lost] = 0.0  # a lost tile is never kept on its neighbours' pixels
         keep = np.flatnonzero((fractions > 0) & (1.0 - fractions <= opts.max_nodata + 1e-9))
         kept = [offsets[k] for k in keep]
         fills = int(np.count_nonzero(fill_values(data)))
@@ -256,8 +260,21 @@ class GeoTiffAdapter:
                 "valid_fraction": fractions[keep].astype(np.float32),
             },
             skipped_tiles=len(offsets) - len(kept),
+            skipped_files=_lost_tiles(block, window, offsets, tile_size=t),
             counts={"values_clipped": clipped, "fill_values": fills},
         )
+
+
+def _lost_tiles(block: BlockRead, window: Window, offsets: list[tuple[int, int]], *,
+                tile_size: int) -> list[tuple[int, str]]:
+    """The scene file named with the tiles of this block whose pixels do not decode."""
+    if not block.lost:
+        return []
+    rows = [int(window.row_off) + offsets[k][0] for k in block.lost]
+    cols = [int(window.col_off) + offsets[k][1] for k in block.lost]
+    return [(0, f"{len(block.lost)} tile(s) lost in rows {min(rows)}-{max(rows) + tile_size}, "
+                f"cols {min(cols)}-{max(cols) + tile_size}: their pixels cannot be decoded "
+                f"({gdal_message(block.error)}); the tiles that decode are kept")]
 
 
 Problems = dict[int, tuple[str, list[tuple[int, str]]]]  # scene → (reason, per-file reasons)

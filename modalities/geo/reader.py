@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
 from rasterio.io import DatasetReader
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
@@ -113,3 +115,42 @@ def scene_has_valid_pixel(scene: Scene, *, block: int = 1024) -> bool:
                 if reader.read(window, first_band_only=True)[1].any():
                     return True
     return False
+
+
+@dataclass
+class BlockRead:
+    """A block of tile windows as far as it decodes: pixels, validity, and the tiles lost."""
+
+    data: np.ndarray  # (B, h, w)
+    valid: np.ndarray  # (h, w); False where nothing was decoded
+    lost: list[int]  # indices into the tile offsets whose pixels cannot be decoded
+    error: RasterioError | None = None  # why, when some were lost
+
+
+def read_block(reader: WindowReader, window: Window, offsets: list[tuple[int, int]], *,
+               tile_size: int) -> BlockRead:
+    """`window` in one read; if that fails (a truncated or damaged file), tile by tile, so
+    that the tiles whose pixels decode are kept and the others are counted as lost. Raises
+    the first error when no tile decodes."""
+    try:
+        data, valid = reader.read(window)
+        return BlockRead(data, valid, [])
+    except RasterioError as exc:
+        error = exc
+    shape = (int(window.height), int(window.width))
+    data, valid = None, np.zeros(shape, dtype=bool)
+    lost = []
+    for k, (r, c) in enumerate(offsets):
+        try:
+            tile, ok = reader.read(Window(window.col_off + c, window.row_off + r, tile_size,
+                                          tile_size))
+        except RasterioError:
+            lost.append(k)
+            continue
+        if data is None:
+            data = np.zeros((tile.shape[0], *shape), dtype=tile.dtype)
+        data[:, r:r + tile_size, c:c + tile_size] = tile
+        valid[r:r + tile_size, c:c + tile_size] = ok
+    if data is None:
+        raise error
+    return BlockRead(data, valid, lost, error)

@@ -161,9 +161,14 @@ def _sample_scene(
     out: list[np.ndarray] = []
     extremes: list[np.ndarray] = []
     n_valid = 0
+    first_error: RasterioError | None = None
     with open_scene(scene) as reader:
         for row, col in origins:
-            data, valid = reader.read(Window(col, row, tile_size, tile_size))
+            try:
+                data, valid = reader.read(Window(col, row, tile_size, tile_size))
+            except RasterioError as exc:  # a damaged part (a truncated file): sample the rest
+                first_error = first_error or exc
+                continue
             values = data[:, valid].T.astype(np.float32)  # (n_valid, C)
             n_valid += len(values)
             if len(values):
@@ -171,4 +176,6 @@ def _sample_scene(
             if len(values) > quota:
                 values = values[rng.choice(len(values), size=quota, replace=False)]
             out.append(values)
+    if first_error is not None and not out:
+        raise first_error
     return out, extremes, n_valid

@@ -114,19 +114,19 @@ def finish_batch(
     failed: list[tuple[int, str]],
     dtype: str,
 ) -> TileBatch:
-    """The item's TileBatch; records the entries that failed (entry index, reason) as files
-    (the entry's first path), or skips the item if all did."""
-    width = item.info["width"]
-    files = [(i * width, reason) for i, reason in failed]
-    if not tiles and len(item.info["names"]) == 1:
+    """The item's TileBatch; `failed` holds (index in the item's paths of the file at fault,
+    reason) per entry that gave no tile, so a pair names the file that is bad. An item of one
+    file that failed is skipped (a re-run retries it); otherwise the failed files are listed
+    and the item is committed with the tiles of the rest."""
+    if not tiles and len(item.paths) == 1:
         raise Skip(failed[0][1])
     if not tiles:  # the engine commits the item with no tiles and reports every file
-        return TileBatch(tiles=np.zeros(0), skipped_files=files)
+        return TileBatch(tiles=np.zeros(0), skipped_files=list(failed))
     labels = item.info.get("labels")
     return TileBatch(
         tiles=np.stack(tiles).astype(dtype, copy=False),
         labels=None if labels is None else np.asarray([labels[i] for i in kept], np.int64),
         meta=meta,
         skipped_tiles=len(failed),
-        skipped_files=files,
+        skipped_files=list(failed),
     )

@@ -194,15 +194,19 @@ class RgbdAdapter:
         for i, _, (rgb_path, depth_path) in entries_of(item):
             try:
                 image = decode_rgb(rgb_path, reduce_for=size, exif=False)
-                depth, valid = depth_in_units(load_depth(depth_path), opts)
-                if depth.shape[::-1] != image.full_size:
-                    w, h = image.full_size
-                    raise UnreadableFile(
-                        f"RGB is {w}x{h} px but its depth map is "
-                        f"{depth.shape[1]}x{depth.shape[0]} px; pairs must be pixel-aligned"
-                    )
             except UnreadableFile as exc:
-                failed.append((i, str(exc)))
+                failed.append((2 * i, str(exc)))  # the pair's RGB file in item.paths
+                continue
+            try:
+                depth, valid = depth_in_units(load_depth(depth_path), opts)
+            except UnreadableFile as exc:
+                failed.append((2 * i + 1, str(exc)))  # its depth map, named as the culprit
+                continue
+            if depth.shape[::-1] != image.full_size:  # the pair's fault: named by its RGB
+                w, h = image.full_size
+                failed.append((2 * i, f"RGB is {w}x{h} px but its depth map is "
+                                      f"{depth.shape[1]}x{depth.shape[0]} px; pairs must be "
+                                      "pixel-aligned"))
                 continue
             rgb, box = square_tile(image, size)
             weight = resize_plane(valid.astype(np.float32), size)

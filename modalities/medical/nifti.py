@@ -45,6 +45,7 @@ def load_nifti(path: Path, *, max_volumes: int) -> list[Volume]:
             proxy = image.dataobj
             index = (slice(None),) * len(shape[:3]) + ((slice(0, n),) if len(shape) == 4 else ())
             index += (0,) * (len(image.shape) - len(index))
+            _check_voxel_size(path, image, shape=shape)
             data = np.asarray(proxy[index], dtype=np.float32)
             unit = image.header.get_xyzt_units()[0]
     except Skip:
@@ -67,6 +68,23 @@ def load_nifti(path: Path, *, max_volumes: int) -> list[Volume]:
         low = float(data[finite].min()) if finite.any() else 0.0
         data = np.where(finite, data, np.float32(low))
     return [axial_volume(data[..., t], affine, source="nifti") for t in range(data.shape[3])]
+
+
+def _check_voxel_size(path: Path, image: nib.Nifti1Image, *, shape: tuple[int, ...]) -> None:
+    """Refuse a volume whose affine comes from a voxel size (pixdim) of 0 or not finite:
+    nibabel quietly reads such a size as 1 mm, which would resample the volume to a made-up
+    scale. An affine given by the sform does not use pixdim, so it is not checked."""
+    if int(image.header["sform_code"]) != 0:
+        return
+    with nib.openers.ImageOpener(path) as f:  # the header as written, before nibabel's fixes
+        raw = type(image.header).from_fileobj(f, check=False)
+    pixdim = np.asarray(raw["pixdim"][1:4], dtype=np.float64)
+    if any(size > 1 and not (np.isfinite(step) and step > 0)
+           for size, step in zip(shape[:3], pixdim)):
+        raise Skip(f"its voxel size (pixdim) is {' x '.join(f'{p:g}' for p in pixdim)} and no "
+                   "sform gives the affine, so its spacing is unknown (nibabel would assume "
+                   "1 mm); write the true voxel size into the header (nibabel: "
+                   "header.set_zooms) and ingest it again")
 
 
 def axial_volume(data: np.ndarray, affine: np.ndarray, *, source: str) -> Volume:
