@@ -3,7 +3,11 @@ and `segment.json` written by the real protocol on a store ingested from GeoTIFF
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import re
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,6 +15,7 @@ import geotiff_data as gd  # kept next to the tests (prepend import mode)
 import numpy as np
 import pytest
 import torch
+from browser import find_chromium, probe_page
 from domainclust.modalities.geo.geotiff import MODALITY
 from sklearn.utils.class_weight import compute_class_weight
 from typer.testing import CliRunner
@@ -23,7 +28,10 @@ from domainclust.evaluation.features import read_float_tiles
 from domainclust.evaluation.fewshot import judge
 from domainclust.evaluation.lowshot_result import Row, load_lowshot
 from domainclust.model import DeepClusterNet, ModelSpec
+from domainclust.report import write_report
+from domainclust.report.segment import PALETTE, colour_masks, panel_scale
 from domainclust.segmentation import SegmentationNet, SegmentSettings, confusion, scores
+from domainclust.segmentation.examples import load_examples
 from domainclust.segmentation.baselines import fit_pixel_logistic, neighbourhood_features
 from domainclust.segmentation.protocol import (
     class_masks,
@@ -205,3 +213,68 @@ def test_cli_finetune_task_segment(masked_store: Path, masked_run: Path, tmp_pat
     plain = CliRunner().invoke(app, ["finetune", "--task", "segment", "--checkpoint",
                                      str(masked_run), "--store", str(masked_run / "nothing")])
     assert plain.exit_code != 0
+
+
+def test_masks_are_drawn_with_the_fixed_colour_table_and_unlabelled_pixels_marked() -> None:
+    drawn = colour_masks(np.array([[[0, 1], [-1, 20]]]), scale=2)
+    assert drawn.shape == (1, 4, 4, 3)
+    assert drawn[0, 0, 0].tolist() == [0, 0, 0] and drawn[0, 0, 2].tolist() == [128, 0, 0]
+    assert drawn[0, 2, 2].tolist() == [0, 64, 128]  # the VOC colours of classes 0, 1 and 20
+    ignored = drawn[0, 2:, :2].reshape(-1, 3)
+    assert not any((PALETTE[:21] == c).all(1).any() for c in ignored)  # no class colour
+    assert len({tuple(c) for c in ignored}) == 2  # a checkerboard
+
+
+def panels(page: str) -> dict[str, np.ndarray]:
+    from PIL import Image
+
+    return {m[0]: np.asarray(Image.open(io.BytesIO(base64.b64decode(m[1]))).convert("RGB"))
+            for m in re.findall(r'<img id="(seg-[^"]+)"[^>]*src="data:image/png;base64,([^"]+)"',
+                                page)}
+
+
+def test_report_shows_the_protocols_own_predictions_on_seeded_test_tiles(
+        masked_store: Path, masked_run: Path, tmp_path: Path) -> None:
+    result = low_shot_segment(masked_run, masked_store, shots=[2], repeats=1, settings=FAST,
+                              max_test=3, examples=3, device="cpu")
+    ex = result.examples
+    assert len(ex.indices) == 3  # every test tile: the kept masks are all that was scored
+    assert {m for m, _, _ in ex.methods} == {"majority", "pixel_logistic", "random_init",
+                                              "pretrained"}
+    for m, p, s in ex.methods:
+        kept = scores(confusion(ex.truth, ex.prediction(m, p, s), n_classes=result.n_classes))
+        assert kept["miou"] == pytest.approx(result.row(m, p, s, "miou").values[0])
+    np.testing.assert_allclose(ex.tiles, read_float_tiles(
+        TileStore(masked_store), np.array(ex.indices), tile_size=TILE).numpy())
+    eval_dir = masked_run / "eval"
+    paths = write_segment(result, eval_dir)
+    try:
+        assert "examples" not in json.loads(paths["json"].read_text())
+        stored = load_examples(paths["examples"])
+        assert stored.methods == ex.methods and stored.shot_tiles == ex.shot_tiles
+        report = write_report(masked_run, out=tmp_path / "report", progress=False,
+                              log=lambda _: None)
+        own_page = paths["page"].read_text()
+    finally:
+        shutil.rmtree(eval_dir)
+    page = report.page.read_text()
+    assert "Low-shot segmentation" in page and "pixel_logistic" in page and "verdict" in page
+    shown, scale = panels(page), panel_scale(TILE)
+    assert len(shown) == 3 * (2 + len(ex.methods))
+    for t in range(3):
+        np.testing.assert_array_equal(shown[f"seg-2-{t}-truth"],
+                                      colour_masks(ex.truth[t:t + 1], scale=scale)[0])
+        for m, p, s in ex.methods:
+            np.testing.assert_array_equal(shown[f"seg-2-{t}-{m}-{p}"], colour_masks(
+                stored.prediction(m, p, s)[t:t + 1], scale=scale)[0])
+        assert shown[f"seg-2-{t}-image"].shape == (TILE * scale, TILE * scale, 3)
+        assert shown[f"seg-2-{t}-image"].std() > 5  # a picture, not a blank
+    assert panels(own_page).keys() == shown.keys()
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("no Chromium on PATH (.ci/run installs it): the page is not opened")
+    seen = probe_page(report.page, chromium=chromium)
+    assert seen["failed"] == [] and seen["fetched"] == []
+    decoded = {i["id"]: i for i in seen["images"] if i["id"].startswith("seg-")}
+    assert decoded.keys() == shown.keys()
+    assert all(i["complete"] and i["width"] == TILE * scale for i in decoded.values())
