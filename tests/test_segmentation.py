@@ -206,10 +206,20 @@ def test_cli_finetune_task_segment(masked_store: Path, masked_run: Path, tmp_pat
     result = CliRunner().invoke(app, [
         "finetune", "--task", "segment", "--checkpoint", str(masked_run), "--store",
         str(masked_store), "--shots", "2", "--repeats", "1", "--device", "cpu",
-        "--steps", "2,4", "--out", str(out)])
+        "--steps", "2,4", "--balance-classes", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "verdict at 2 shot tiles" in result.output
-    assert json.loads((out / "segment.json").read_text())["settings"]["task"] == "segment"
+    written = json.loads((out / "segment.json").read_text())
+    assert written["settings"]["task"] == "segment"
+    assert written["settings"]["segment"]["balance_classes"] is True
+    assert written["settings"]["segment"]["steps"] == [2, 4]
+    pixel = next(r for r in written["rows"] if r["method"] == "pixel_logistic")
+    assert pixel["choices"][0]["balanced"] is True  # the baseline was weighted too
+    assert (out / "segment_examples.npz").is_file()
+    assert (out / "segment_examples.html").is_file()
+    classify = CliRunner().invoke(app, ["finetune", "--checkpoint", str(masked_run), "--store",
+                                        str(masked_store), "--balance-classes"])
+    assert classify.exit_code != 0 and "options of --task segment" in str(classify.exception)
     plain = CliRunner().invoke(app, ["finetune", "--task", "segment", "--checkpoint",
                                      str(masked_run), "--store", str(masked_run / "nothing")])
     assert plain.exit_code != 0
