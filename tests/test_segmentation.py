@@ -30,7 +30,7 @@ from domainclust.evaluation.fewshot import judge
 from domainclust.evaluation.lowshot_result import Row, load_lowshot
 from domainclust.model import DeepClusterNet, ModelSpec
 from domainclust.report import write_report
-from domainclust.report.segment import PALETTE, colour_masks, panel_scale
+from domainclust.report.segment import PALETTE, colour_masks, load_segment, panel_scale
 from domainclust.segmentation import SegmentationNet, SegmentSettings, confusion, scores
 from domainclust.segmentation.examples import load_examples
 from domainclust.segmentation.baselines import fit_pixel_logistic, neighbourhood_features
@@ -266,8 +266,15 @@ def test_report_shows_the_protocols_own_predictions_on_seeded_test_tiles(
         report = write_report(masked_run, out=tmp_path / "report", progress=False,
                               log=lambda _: None)
         own_page = paths["page"].read_text()
+        other = tmp_path / "other"
+        other.mkdir()
+        shutil.copy(paths["json"], other / "segment.json")
+        replace(stored, classes=stored.classes[::-1]).save(other / "segment_examples.npz")
     finally:
         shutil.rmtree(eval_dir)
+    table, overlays, notes = load_segment(other / "segment.json")
+    assert table is not None and overlays is None  # another result's examples are not shown
+    assert "are not of its result" in notes[0]
     page = report.page.read_text()
     assert "Low-shot segmentation" in page and "pixel_logistic" in page and "verdict" in page
     shown, scale = panels(page), panel_scale(TILE)

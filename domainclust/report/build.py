@@ -37,9 +37,8 @@ from domainclust.report.page import (
     render_page,
 )
 from domainclust.report.rendering import Renderer, build_renderer
-from domainclust.report.segment import segment_section
+from domainclust.report.segment import SEGMENT_FILE, load_segment, segment_section
 from domainclust.rundir import RunDir
-from domainclust.segmentation.examples import EXAMPLES_FILE, load_examples
 from domainclust.store import TileStore
 
 RENDER_SAMPLE = 256  # tiles that set the display ranges (percentiles)
@@ -145,18 +144,9 @@ def write_report(
     except DomainclustError as exc:
         lowshot = None
         notes.append(f"low-shot results not shown: {exc}")
-    segment_path = run.path / "eval" / "segment.json"
-    segment, examples = None, None
-    try:
-        segment = load_lowshot(segment_path)
-        if segment is not None:
-            examples = load_examples(segment_path.parent / EXAMPLES_FILE)
-            if examples is None:
-                notes.append(f"{segment_path.parent / EXAMPLES_FILE} is missing: no "
-                             "segmentation overlays (run `domainclust finetune --task segment` "
-                             "again)")
-    except DomainclustError as exc:
-        notes.append(f"segmentation {'overlays' if segment else 'results'} not shown: {exc}")
+    segment_path = run.path / "eval" / SEGMENT_FILE
+    segment, examples, missing = load_segment(segment_path)
+    notes += missing
     sections = [note_section("Left out", n) for n in notes] + [figure_section(f) for f in figures]
     if lowshot is not None:
         figure = lowshot_figure(lowshot)

@@ -17,14 +17,21 @@ from pathlib import Path
 
 import numpy as np
 
-from domainclust.evaluation.lowshot_result import LowShotResult
+from domainclust.errors import DomainclustError
+from domainclust.evaluation.lowshot_result import LowShotResult, load_lowshot
 from domainclust.report.page import Section, lowshot_tables, render_page
 from domainclust.report.rendering import Renderer, build_renderer
-from domainclust.segmentation.examples import SegmentExamples
+from domainclust.segmentation.examples import (
+    EXAMPLES_FILE,
+    SegmentExamples,
+    check_examples,
+    load_examples,
+)
 
 PANEL_PIXELS = 96  # panels are enlarged by a whole factor to at least this size
 IGNORE_CHECKER = ((200, 200, 200), (245, 245, 245))  # unlabelled pixels: light checkerboard
 TABLE_METRICS = ("miou", "dice", "pixel_accuracy")
+SEGMENT_FILE = "segment.json"
 
 
 def voc_palette(n: int = 256) -> np.ndarray:
@@ -123,6 +130,27 @@ def legend(classes: list[str]) -> str:
         f'<span class="swatch" style="background: rgb{tuple(int(v) for v in PALETTE[i])}">'
         f"</span>{escape(name)} " for i, name in enumerate(classes))
     return (f'<p class="legend">{items}<span class="swatch checker"></span>unlabelled</p>')
+
+
+def load_segment(path: Path) -> tuple[LowShotResult | None, SegmentExamples | None, list[str]]:
+    """The result at `path` (segment.json), the examples beside it, and what is left out why."""
+    try:
+        result = load_lowshot(path)
+    except DomainclustError as exc:
+        return None, None, [f"segmentation results not shown: {exc}"]
+    if result is None:
+        return None, None, []
+    examples_path = path.parent / EXAMPLES_FILE
+    try:
+        examples = load_examples(examples_path)
+        if examples is None:
+            return result, None, [f"{examples_path} is missing: no segmentation overlays (run "
+                                  "`domainclust finetune --task segment` again)"]
+        check_examples(examples, rows={(r.method, r.protocol, r.shots) for r in result.rows},
+                       classes=result.settings.get("classes", []), source=path)
+    except DomainclustError as exc:
+        return result, None, [f"segmentation overlays not shown: {exc}"]
+    return result, examples, []
 
 
 def segment_tables(result: LowShotResult, *, source: Path) -> str:

@@ -105,6 +105,16 @@ def load_examples(path: Path | str) -> SegmentExamples | None:
         shot_tiles={int(k): list(v) for k, v in meta["shot_tiles"].items()})
 
 
+def check_examples(examples: SegmentExamples, *, rows: set[tuple[str, str, int]],
+                   classes: list[str], source: Path) -> None:
+    """Refuse examples that are not of the result at `source` (another run's file left there)."""
+    stray = sorted(set(examples.methods) - rows)
+    if stray or list(examples.classes) != list(classes):
+        raise DomainclustError(
+            f"the examples beside {source} are not of its result (methods {stray[:3]} or classes "
+            f"{examples.classes} differ); run `domainclust finetune --task segment` again")
+
+
 def choose_example_tiles(masks: np.ndarray, *, n: int, rng: np.random.Generator) -> np.ndarray:
     """Positions of `n` test masks drawn by `rng`, among those showing at least two classes
     when enough do (they show most of what a method gets right or wrong), sorted."""

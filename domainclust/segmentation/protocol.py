@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +169,8 @@ def low_shot_segment(
     x_pool = read_float_tiles(store, pool, tile_size=size)
     metric = "dice" if k == 2 else "miou"
     log(f"split: {split.describe()}; scoring {k} classes on {len(test)} test tiles ({metric})")
-    shown = choose_example_tiles(y_test, n=examples, rng=np.random.default_rng(derive_seed(seed, 2)))
+    shown = choose_example_tiles(y_test, n=examples,
+                                 rng=np.random.default_rng(derive_seed(seed, 2)))
     kept = SegmentExamples(tiles=x_test[torch.as_tensor(shown)].numpy(), truth=y_test[shown],
                            indices=test[shown].tolist(), channels=list(spec.channels),
                            modality=store.modality, classes=names) if len(shown) else None
@@ -249,13 +250,9 @@ class SegmentResult(LowShotResult):
     examples: SegmentExamples | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        examples, self.examples = self.examples, None
-        try:
-            out = super().to_dict()
-        finally:
-            self.examples = examples
-        out.pop("examples", None)
-        return out
+        """The `segment.json` form: that of `LowShotResult` (the examples have their own file)."""
+        return LowShotResult(**{f.name: getattr(self, f.name)
+                                for f in fields(LowShotResult)}).to_dict()
 
 
 def frozen_trunk(model: torch.nn.Module, x_pool: torch.Tensor) -> torch.nn.Module:
