@@ -24,7 +24,8 @@ th { background: #f3f3f3; } td.text { text-align: left; }
 .helped { background: #d9f2d9; } .did-not-help { background: #f8d7d7; }
 .inconclusive { background: #eee; }
 table.overlays img.panel { border: none; image-rendering: pixelated; display: block; }
-table.overlays td { padding: 2px; vertical-align: middle; }
+table.overlays td, table.overlays th { padding: 2px; vertical-align: middle;
+  text-align: center; }
 .swatch { display: inline-block; width: 1em; height: 1em; margin: 0 0.3em 0 0.8em;
   vertical-align: middle; border: 1px solid #999; }
 .swatch.checker { background: repeating-conic-gradient(#c8c8c8 0 25%, #f5f5f5 0 50%) 0 0 / 6px 6px; }

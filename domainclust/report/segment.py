@@ -172,5 +172,5 @@ def segment_page(result: LowShotResult, examples: SegmentExamples, *, source: Pa
     """A page of its own (written beside segment.json): the overlays and the table."""
     facts = [f"{result.n_classes} classes, {result.n_test} test tiles, split: {result.split}",
              f"checkpoint: {Path(result.checkpoint).name}"]
-    return render_page(title="Low-shot segmentation", facts=facts,
+    return render_page(title="Segmentation examples", facts=facts,
                        sections=[segment_section(result, examples, source=source)])
