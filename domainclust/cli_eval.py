@@ -6,6 +6,7 @@ Each command parses its options and calls one function of `domainclust.evaluatio
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,11 @@ def finetune(checkpoint: Path = CHECKPOINT, store: Path = STORE,
                                               "training lengths (default 50,100,200)"),
              min_class_pixels: int = typer.Option(0, "--min-class-pixels", help="segment: "
                                                   "classes rarer than this count as unlabelled"),
+             balance_classes: bool = typer.Option(False, "--balance-classes", help="segment: "
+                                                  "weight each class by the inverse of its "
+                                                  "share of the shots' labelled pixels (networks "
+                                                  "and pixel baseline; for rare classes such as "
+                                                  "small lesions)"),
              test_fraction: float = TEST_FRACTION, seed: int = SEED,
              split: Path | None = SPLIT, labels: Path | None = LABELS,
              device: str = DEVICE,
@@ -180,10 +186,11 @@ def finetune(checkpoint: Path = CHECKPOINT, store: Path = STORE,
                                    "store's masks")
         from domainclust.segmentation.training import SegmentSettings
 
-        settings = SegmentSettings()
+        settings = SegmentSettings(balance_classes=balance_classes)
         if steps is not None:
             lengths = tuple(parse_ints(steps, what="--steps"))
-            settings = SegmentSettings(steps=lengths, default_steps=lengths[len(lengths) // 2])
+            settings = replace(settings, steps=lengths,
+                               default_steps=lengths[len(lengths) // 2])
         seg = low_shot_segment(checkpoint, store, shots=parse_ints(shots, what="--shots"),
                                repeats=repeats, protocol=protocol or "frozen", settings=settings,
                                min_class_pixels=min_class_pixels,
@@ -195,6 +202,9 @@ def finetune(checkpoint: Path = CHECKPOINT, store: Path = STORE,
         return
     if task != "classify":
         raise DomainclustError(f"unknown --task '{task}'; choose classify or segment")
+    if balance_classes or min_class_pixels or steps is not None:
+        raise DomainclustError("--balance-classes, --min-class-pixels and --steps are options "
+                               "of --task segment")
     result = low_shot(checkpoint, store, shots=parse_ints(shots, what="--shots"), repeats=repeats,
                       protocol=protocol or "linear", test_fraction=test_fraction, max_test=max_test,
                       split_by=split_by, seed=seed, split_path=split, labels_path=labels,

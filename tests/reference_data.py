@@ -6,6 +6,8 @@
 - Places365-Standard: `categories_places365.txt`, `places365_train_standard.txt`,
   `places365_val.txt`, `data_256/<letter>/<class>/*.jpg`, `val_256/Places365_val_*.jpg`;
 - PASCAL VOC 2007: `VOCdevkit/VOC2007/{Annotations, ImageSets/Main, JPEGImages}`;
+- PASCAL VOC 2012 segmentation: `VOCdevkit/VOC2012/{JPEGImages, SegmentationClass,
+  ImageSets/Segmentation}`, masks as palette PNGs with the VOC palette and a void (255) border;
 - a Flickr-like folder of unlabelled images in sub-folders.
 
 Each class is cut from its own photograph, so a network can tell classes apart.
@@ -145,6 +147,46 @@ def write_voc2007(root: Path, *, trainval: int = 6, test: int = 4) -> Path:
     for name, ids in sets.items():
         (year / "ImageSets" / "Main" / f"{name}.txt").write_text("\n".join(ids) + "\n")
     return root / "VOCdevkit"
+
+
+def voc_palette() -> list[int]:
+    """The PASCAL VOC palette, flattened for `Image.putpalette` (class bits spread on R, G, B)."""
+    flat = []
+    for i in range(256):
+        c, rgb = i, [0, 0, 0]
+        for shift in range(7, -1, -1):
+            for channel in range(3):
+                rgb[channel] |= ((c >> channel) & 1) << shift
+            c >>= 3
+        flat += rgb
+    return flat
+
+
+def write_voc2012(root: Path, *, train: int = 3, val: int = 2) -> tuple[Path, dict[str, np.ndarray]]:
+    """VOCdevkit/VOC2012 with a cat (8) or a person (15) box on background in each image, a void
+    (255) border one pixel wide around it, as the real masks have; returns the devkit folder and
+    each id's mask as written (uint8, 255 void)."""
+    rng = np.random.default_rng(4)
+    year = root / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (year / sub).mkdir(parents=True)
+    masks: dict[str, np.ndarray] = {}
+    sets: dict[str, list[str]] = {"train": [], "val": []}
+    for n in range(train + val):
+        image_id = f"2007_{n + 1:06d}"
+        mask = np.zeros(SIZE[::-1], np.uint8)
+        top, left = 4 + n, 6 + 2 * n
+        mask[top - 1:top + 21, left - 1:left + 19] = 255
+        mask[top:top + 20, left:left + 18] = 8 if n % 2 else 15
+        image = Image.fromarray(mask, mode="L").convert("P")
+        image.putpalette(voc_palette())
+        image.save(year / "SegmentationClass" / f"{image_id}.png")
+        crop(n % 2 + 2, n, rng=rng).save(year / "JPEGImages" / f"{image_id}.jpg", quality=90)
+        masks[image_id] = mask
+        sets["train" if n < train else "val"].append(image_id)
+    for name, ids in sets.items():
+        (year / "ImageSets" / "Segmentation" / f"{name}.txt").write_text("\n".join(ids) + "\n")
+    return root / "VOCdevkit", masks
 
 
 def write_flickr(root: Path, *, n: int = 12) -> Path:

@@ -86,6 +86,31 @@ def test_paper_numbers_are_attached() -> None:
     assert everything.paper == {"km-ImNet-Sob": {"mAP": 72.9}, "random": {"mAP": 61.9}}
 
 
+def test_voc12_segmentation_recipe_carries_the_papers_two_rows(tmp_path: Path) -> None:
+    from domainclust.replication.recipes import SEGMENT_LAYERS, describe
+    from domainclust.replication.runner import not_runnable
+
+    recipe = load_recipe("voc12-segment")
+    assert (recipe.protocol, recipe.dataset) == ("segment", "voc2012")
+    assert (recipe.train_split, recipe.test_split) == ("train", "val")
+    assert recipe.paper == {"km-ImNet-Sob": {"fc6-8": 43.2, "all": 45.1},
+                            "best-competitor": {"fc6-8": 35.8, "all": 37.7}}
+    assert [SEGMENT_LAYERS[layer] for layer in recipe.settings.layers] == ["frozen", "finetune"]
+    described = describe(recipe)
+    assert described["settings"]["layers"] == ["fc6-8", "all"]
+    assert described["metric"] == "mIoU (%)"
+    listed = CliRunner().invoke(app, ["recipe", "list"])
+    assert listed.exit_code == 0 and "voc12-segment" in listed.output
+    shown = yaml.safe_load(CliRunner().invoke(app, ["recipe", "show", "voc12-segment"]).output)
+    assert shown["paper"]["km-ImNet-Sob"]["all"] == 45.1
+    # `recipe run` reports it as skipped with the reason, even with the data given.
+    assert "finetune --task segment" in not_runnable(recipe, {"voc2012": Path(".")})
+    values = yaml.safe_load((RECIPES / "voc12-segment.yaml").read_text())
+    bad = {**values, "settings": {**values["settings"], "layers": ["conv5"]}}
+    with pytest.raises(DomainclustError, match="settings.layers must list some of fc6-8, all"):
+        load_recipe(str(write(tmp_path / "seg.yaml", bad)))
+
+
 def write(path: Path, values: dict) -> Path:
     path.write_text(yaml.safe_dump(values))
     return path

@@ -15,6 +15,7 @@ from reference_data import (
     write_imagenet,
     write_places365,
     write_voc2007,
+    write_voc2012,
 )
 
 from domainclust.errors import DomainclustError
@@ -25,7 +26,10 @@ from domainclust.replication.layouts import (
     imagenet,
     places365,
     read_devkit_meta,
+    read_voc_mask,
     voc2007,
+    voc2012,
+    voc2012_segmentation,
 )
 from domainclust.store import TileStore
 
@@ -108,6 +112,49 @@ def test_voc2007_folder_is_found_and_read(tmp_path: Path) -> None:
     assert trainval.targets[1, person] == 1
     with pytest.raises(DomainclustError, match="is not a VOC2007 folder"):
         voc2007(tmp_path)
+
+
+def test_voc2012_segmentation_masks_are_read_with_void_as_unlabelled(tmp_path: Path) -> None:
+    devkit, written = write_voc2012(tmp_path / "voc")
+    assert voc2012(devkit) == devkit / "VOC2012" == voc2012(devkit / "VOC2012")
+    train, val = voc2012_segmentation(devkit, "train"), voc2012_segmentation(devkit, "val")
+    assert [p.stem for p in train.images] == [p.stem for p in train.masks] == sorted(written)[:3]
+    assert [p.stem for p in val.images] == sorted(written)[3:]
+    assert train.classes[0] == "background" and train.classes[15] == "person"
+    assert len(train.classes) == 21
+    for i, path in enumerate(train.masks):
+        mask = train.mask(i)
+        expected = written[path.stem]
+        assert mask.dtype == np.int16 and mask.shape == expected.shape
+        np.testing.assert_array_equal(mask[expected != 255], expected[expected != 255])
+        assert (mask[expected == 255] == -1).all() and (expected == 255).sum() > 0  # void
+        assert set(np.unique(mask)) == {-1, 0, 15 if i % 2 == 0 else 8}
+
+
+def test_voc2012_refuses_what_is_not_its_layout(tmp_path: Path) -> None:
+    from PIL import Image
+
+    devkit, written = write_voc2012(tmp_path / "voc")
+    with pytest.raises(DomainclustError, match="split 'test' is not listed; splits here: "
+                                               "train, val"):
+        voc2012_segmentation(devkit, "test")
+    with pytest.raises(DomainclustError, match="is not a VOC2012 segmentation folder"):
+        voc2012(tmp_path)
+    year = devkit / "VOC2012"
+    first = sorted(written)[0]
+    mask = year / "SegmentationClass" / f"{first}.png"
+    Image.fromarray(np.full((36, 44), 30, np.uint8)).save(mask)
+    with pytest.raises(DomainclustError, match=r"holds class id\(s\) \[30\]"):
+        read_voc_mask(mask)
+    Image.fromarray(np.zeros((36, 44, 3), np.uint8)).save(mask)  # a colour mask
+    with pytest.raises(DomainclustError, match=f"{first}.png is a RGB image"):
+        read_voc_mask(mask)
+    Image.fromarray(np.zeros((20, 44), np.uint8)).save(mask)
+    with pytest.raises(DomainclustError, match="is 44x20 px, its image"):
+        voc2012_segmentation(devkit, "train").mask(0)
+    mask.unlink()
+    with pytest.raises(DomainclustError, match=f"lists {first}, but .*{first}.png does not"):
+        voc2012_segmentation(devkit, "train")
 
 
 def test_image_folder_is_unlabelled(tmp_path: Path) -> None:

@@ -3,7 +3,12 @@ and `segment.json` written by the real protocol on a store ingested from GeoTIFF
 
 from __future__ import annotations
 
+import base64
+import io
+import itertools
 import json
+import re
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,19 +16,23 @@ import geotiff_data as gd  # kept next to the tests (prepend import mode)
 import numpy as np
 import pytest
 import torch
+from browser import find_chromium, probe_page
 from domainclust.modalities.geo.geotiff import MODALITY
 from sklearn.utils.class_weight import compute_class_weight
 from typer.testing import CliRunner
 
 from domainclust.cli import app
-from domainclust.config import resolve
+from domainclust.config import ARCHS, STEMS, resolve
 from domainclust.deepcluster import pretrain
 from domainclust.errors import DomainclustError
 from domainclust.evaluation.features import read_float_tiles
 from domainclust.evaluation.fewshot import judge
 from domainclust.evaluation.lowshot_result import Row, load_lowshot
 from domainclust.model import DeepClusterNet, ModelSpec
+from domainclust.report import write_report
+from domainclust.report.segment import PALETTE, colour_masks, load_segment, panel_scale
 from domainclust.segmentation import SegmentationNet, SegmentSettings, confusion, scores
+from domainclust.segmentation.examples import load_examples
 from domainclust.segmentation.baselines import fit_pixel_logistic, neighbourhood_features
 from domainclust.segmentation.protocol import (
     class_masks,
@@ -42,15 +51,15 @@ FAST = SegmentSettings(lrs=(0.01, 0.05), steps=(3, 6), default_steps=3, batch_si
                        decoder_width=16)
 
 
-@pytest.mark.parametrize(("arch", "stem", "tile"), [
-    ("alexnet", "stride1", 32), ("alexnet", "stride2", 64), ("alexnet", "imagenet", 128),
-    ("vgg16", "stride1", 32), ("vgg16", "stride2", 64), ("vgg16", "imagenet", 64),
-    ("resnet18", "stride1", 32), ("resnet18", "stride2", 64), ("resnet18", "imagenet", 64),
-    ("resnet50", "stride1", 40),
-])
-def test_the_decoder_answers_at_the_tile_size_for_every_trunk(arch: str, stem: str,
-                                                              tile: int) -> None:
-    spec = ModelSpec(arch=arch, frontend="none", channels=("a", "b", "c"), raw_channels=(),
+STEM_TILES = {"stride1": 33, "stride2": 70, "imagenet": 100}  # odd sizes, not powers of two
+
+
+@pytest.mark.parametrize(("arch", "stem"), list(itertools.product(ARCHS, STEMS)))
+def test_the_decoder_answers_at_the_tile_size_for_every_trunk(arch: str, stem: str) -> None:
+    """Every backbone family with every stem (read from the config, so a new one is covered),
+    at tile sizes no stage divides exactly, behind a Sobel front-end that changes the channels."""
+    tile = STEM_TILES[stem]
+    spec = ModelSpec(arch=arch, frontend="sobel", channels=("a", "b", "c"), raw_channels=(),
                      tile_size=tile, stem=stem, width=0.125)
     net = SegmentationNet(DeepClusterNet(spec, n_clusters=2), n_classes=5, width=8)
     out = net(torch.randn(2, 3, tile, tile))
@@ -198,10 +207,92 @@ def test_cli_finetune_task_segment(masked_store: Path, masked_run: Path, tmp_pat
     result = CliRunner().invoke(app, [
         "finetune", "--task", "segment", "--checkpoint", str(masked_run), "--store",
         str(masked_store), "--shots", "2", "--repeats", "1", "--device", "cpu",
-        "--steps", "2,4", "--out", str(out)])
+        "--steps", "2,4", "--balance-classes", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "verdict at 2 shot tiles" in result.output
-    assert json.loads((out / "segment.json").read_text())["settings"]["task"] == "segment"
+    written = json.loads((out / "segment.json").read_text())
+    assert written["settings"]["task"] == "segment"
+    assert written["settings"]["segment"]["balance_classes"] is True
+    assert written["settings"]["segment"]["steps"] == [2, 4]
+    pixel = next(r for r in written["rows"] if r["method"] == "pixel_logistic")
+    assert pixel["choices"][0]["balanced"] is True  # the baseline was weighted too
+    assert (out / "segment_examples.npz").is_file()
+    assert (out / "segment_examples.html").is_file()
+    classify = CliRunner().invoke(app, ["finetune", "--checkpoint", str(masked_run), "--store",
+                                        str(masked_store), "--balance-classes"])
+    assert classify.exit_code != 0 and "options of --task segment" in str(classify.exception)
     plain = CliRunner().invoke(app, ["finetune", "--task", "segment", "--checkpoint",
                                      str(masked_run), "--store", str(masked_run / "nothing")])
     assert plain.exit_code != 0
+
+
+def test_masks_are_drawn_with_the_fixed_colour_table_and_unlabelled_pixels_marked() -> None:
+    drawn = colour_masks(np.array([[[0, 1], [-1, 20]]]), scale=2)
+    assert drawn.shape == (1, 4, 4, 3)
+    assert drawn[0, 0, 0].tolist() == [0, 0, 0] and drawn[0, 0, 2].tolist() == [128, 0, 0]
+    assert drawn[0, 2, 2].tolist() == [0, 64, 128]  # the VOC colours of classes 0, 1 and 20
+    ignored = drawn[0, 2:, :2].reshape(-1, 3)
+    assert not any((PALETTE[:21] == c).all(1).any() for c in ignored)  # no class colour
+    assert len({tuple(c) for c in ignored}) == 2  # a checkerboard
+
+
+def panels(page: str) -> dict[str, np.ndarray]:
+    from PIL import Image
+
+    return {m[0]: np.asarray(Image.open(io.BytesIO(base64.b64decode(m[1]))).convert("RGB"))
+            for m in re.findall(r'<img id="(seg-[^"]+)"[^>]*src="data:image/png;base64,([^"]+)"',
+                                page)}
+
+
+def test_report_shows_the_protocols_own_predictions_on_seeded_test_tiles(
+        masked_store: Path, masked_run: Path, tmp_path: Path) -> None:
+    result = low_shot_segment(masked_run, masked_store, shots=[2], repeats=1, settings=FAST,
+                              max_test=3, examples=3, device="cpu")
+    ex = result.examples
+    assert len(ex.indices) == 3  # every test tile: the kept masks are all that was scored
+    assert {m for m, _, _ in ex.methods} == {"majority", "pixel_logistic", "random_init",
+                                              "pretrained"}
+    for m, p, s in ex.methods:
+        kept = scores(confusion(ex.truth, ex.prediction(m, p, s), n_classes=result.n_classes))
+        assert kept["miou"] == pytest.approx(result.row(m, p, s, "miou").values[0])
+    np.testing.assert_allclose(ex.tiles, read_float_tiles(
+        TileStore(masked_store), np.array(ex.indices), tile_size=TILE).numpy())
+    eval_dir = masked_run / "eval"
+    paths = write_segment(result, eval_dir)
+    try:
+        assert "examples" not in json.loads(paths["json"].read_text())
+        stored = load_examples(paths["examples"])
+        assert stored.methods == ex.methods and stored.shot_tiles == ex.shot_tiles
+        report = write_report(masked_run, out=tmp_path / "report", progress=False,
+                              log=lambda _: None)
+        own_page = paths["page"].read_text()
+        other = tmp_path / "other"
+        other.mkdir()
+        shutil.copy(paths["json"], other / "segment.json")
+        replace(stored, classes=stored.classes[::-1]).save(other / "segment_examples.npz")
+    finally:
+        shutil.rmtree(eval_dir)
+    table, overlays, notes = load_segment(other / "segment.json")
+    assert table is not None and overlays is None  # another result's examples are not shown
+    assert "are not of its result" in notes[0]
+    page = report.page.read_text()
+    assert "Low-shot segmentation" in page and "pixel_logistic" in page and "verdict" in page
+    shown, scale = panels(page), panel_scale(TILE)
+    assert len(shown) == 3 * (2 + len(ex.methods))
+    for t in range(3):
+        np.testing.assert_array_equal(shown[f"seg-2-{t}-truth"],
+                                      colour_masks(ex.truth[t:t + 1], scale=scale)[0])
+        for m, p, s in ex.methods:
+            np.testing.assert_array_equal(shown[f"seg-2-{t}-{m}-{p}"], colour_masks(
+                stored.prediction(m, p, s)[t:t + 1], scale=scale)[0])
+        assert shown[f"seg-2-{t}-image"].shape == (TILE * scale, TILE * scale, 3)
+        assert shown[f"seg-2-{t}-image"].std() > 5  # a picture, not a blank
+    assert panels(own_page).keys() == shown.keys()
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("no Chromium on PATH (.ci/run installs it): the page is not opened")
+    seen = probe_page(report.page, chromium=chromium)
+    assert seen["failed"] == [] and seen["fetched"] == []
+    decoded = {i["id"]: i for i in seen["images"] if i["id"].startswith("seg-")}
+    assert decoded.keys() == shown.keys()
+    assert all(i["complete"] and i["width"] == TILE * scale for i in decoded.values())

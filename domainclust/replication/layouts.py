@@ -14,6 +14,10 @@ the `rgb` adapter then ingests (through a `path,label` CSV). Layouts, as the dat
   `data_256_standard/`, `data_large_standard/`) and `val_256/` (or `val_large/`).
 - PASCAL VOC 2007: the folder holding `Annotations/`, `ImageSets/Main/`, `JPEGImages/` (given
   directly, or a `VOCdevkit/` holding `VOC2007/`); read by `domainclust.evaluation.voc`.
+- PASCAL VOC 2012 segmentation: the folder holding `JPEGImages/`, `SegmentationClass/` and
+  `ImageSets/Segmentation/{train,val,trainval}.txt` (or a `VOCdevkit/` holding `VOC2012/`); each
+  listed id has `JPEGImages/<id>.jpg` and a palette PNG `SegmentationClass/<id>.png` whose pixel
+  indices are the classes (0 background, 1-20 the VOC classes) and 255 the void border.
 - An image folder (the Flickr pools): every image below it, unlabelled.
 """
 
@@ -25,7 +29,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from domainclust.errors import DomainclustError
+from domainclust.evaluation.voc import VOC_CLASSES
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 DEVKIT_NAMES = ("ILSVRC2012_devkit_t12", "devkit", "ILSVRC2012_devkit")
@@ -240,6 +247,103 @@ def voc2007(root: Path | str) -> Path:
             return candidate
     raise DomainclustError(f"{root} is not a VOC2007 folder: it needs Annotations/, "
                            "ImageSets/Main/ and JPEGImages/ (or a VOC2007/ folder holding them)")
+
+
+VOC2012_DIRS = ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation")
+VOC_SEGMENTATION_CLASSES = ("background", *VOC_CLASSES)
+VOC_VOID = 255  # the border and unlabelled pixels of a VOC mask: ignored when scoring
+
+
+@dataclass(frozen=True)
+class SegmentationImages:
+    """The image files of one split and their mask files, with the class names by index."""
+
+    dataset: str
+    split: str
+    root: Path
+    images: tuple[Path, ...]
+    masks: tuple[Path, ...]
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def mask(self, i: int) -> np.ndarray:
+        """The class ids of image `i` (-1 void), refused when not the size of its image."""
+        from PIL import Image
+
+        mask = read_voc_mask(self.masks[i], n_classes=len(self.classes))
+        with Image.open(self.images[i]) as image:
+            width, height = image.size
+        if mask.shape != (height, width):
+            raise DomainclustError(f"{self.masks[i]} is {mask.shape[1]}x{mask.shape[0]} px, its "
+                                   f"image {self.images[i]} {width}x{height}")
+        return mask
+
+
+def voc2012(root: Path | str) -> Path:
+    """The VOC2012 folder (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/) at or
+    below `root`."""
+    root = Path(root)
+    for candidate in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
+        if all((candidate / d).is_dir() for d in VOC2012_DIRS):
+            return candidate
+    raise DomainclustError(f"{root} is not a VOC2012 segmentation folder: it needs "
+                           f"{', '.join(d + '/' for d in VOC2012_DIRS)} (or a VOC2012/ folder "
+                           "holding them)")
+
+
+def voc2012_segmentation(root: Path | str, split: str) -> SegmentationImages:
+    """The images and masks listed by `ImageSets/Segmentation/<split>.txt`, in its order."""
+    folder = voc2012(root)
+    sets = folder / "ImageSets" / "Segmentation"
+    listing = sets / f"{split}.txt"
+    if not listing.is_file():
+        found = sorted(p.stem for p in sets.glob("*.txt"))
+        raise DomainclustError(f"{listing} not found: VOC2012 segmentation split '{split}' is "
+                               f"not listed; splits here: {', '.join(found) or 'none'}")
+    images, masks = [], []
+    for number, line in enumerate(listing.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        name = line.split()[0]
+        image = folder / "JPEGImages" / f"{name}.jpg"
+        mask = folder / "SegmentationClass" / f"{name}.png"
+        for path in (image, mask):
+            if not path.is_file():
+                raise DomainclustError(f"{listing} line {number} lists {name}, but {path} does "
+                                       "not exist")
+        images.append(image)
+        masks.append(mask)
+    if not images:
+        raise DomainclustError(f"{listing} lists no image")
+    return SegmentationImages(dataset="voc2012", split=split, root=folder, images=tuple(images),
+                              masks=tuple(masks), classes=VOC_SEGMENTATION_CLASSES)
+
+
+def read_voc_mask(path: Path | str, *, n_classes: int = len(VOC_SEGMENTATION_CLASSES)
+                  ) -> np.ndarray:
+    """(H, W) int16 class ids of a VOC palette PNG mask, -1 where it is void (255): the class
+    per pixel as the store and the segmentation protocol take it (negative: unlabelled)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("P", "L"):
+                raise DomainclustError(
+                    f"{path} is a {image.mode} image; a VOC SegmentationClass mask is a palette "
+                    "PNG whose pixel indices are the class ids (convert colour masks to indices "
+                    "first)")
+            mask = np.asarray(image)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DomainclustError(f"{path} is not a readable PNG mask ({exc})") from None
+    stray = np.unique(mask[(mask >= n_classes) & (mask != VOC_VOID)])
+    if stray.size:
+        raise DomainclustError(f"{path} holds class id(s) {stray[:5].tolist()}: VOC masks hold "
+                               f"0..{n_classes - 1} and {VOC_VOID} (void)")
+    out = mask.astype(np.int16)
+    out[mask == VOC_VOID] = -1
+    return out
 
 
 def image_folder(root: Path | str, split: str = "all") -> LabelledImages:

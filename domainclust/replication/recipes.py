@@ -4,7 +4,8 @@ Two kinds of YAML file live in `recipes/paper/` (installed as `domainclust.recip
 
 - `kind: pretrain` — one of the thesis's models (Table 5.1): the dataset it is pretrained on, the
   ingest options, a full `Config` (validated like any recipe) and the evaluations to run on it;
-- `kind: evaluation` — a protocol (`linear`, `mlp`, `voc`, `low-shot`) on a dataset, its settings,
+- `kind: evaluation` — a protocol (`linear`, `mlp`, `voc`, `low-shot`, `segment`) on a dataset,
+  its settings,
   and the numbers the paper reports for it, per model and row (`null` where not transcribed).
 
 Beside them, the domain recipes of `recipes/` (plain configs, no `kind`) are listed and shown
@@ -29,8 +30,11 @@ from domainclust.evaluation.voc_train import VOC_PROTOCOLS, VocSettings
 from domainclust.modality import domain_recipe_names, shipped_recipe
 
 PAPER_FOLDER = "paper"
-PROTOCOLS = ("linear", "mlp", "voc", "low-shot")
-DATASETS = ("imagenet", "places365", "voc2007", "flickr")
+PROTOCOLS = ("linear", "mlp", "voc", "low-shot", "segment")
+DATASETS = ("imagenet", "places365", "voc2007", "voc2012", "flickr")
+# The paper's segmentation rows and the protocol of `finetune --task segment` each one is:
+# fc6-8 trains the head on frozen conv layers, all trains every layer.
+SEGMENT_LAYERS = {"fc6-8": "frozen", "all": "finetune"}
 BASELINES = ("random", "none")
 
 
@@ -62,8 +66,21 @@ class LowShotSettings:
     test_fraction: float = 0.2
 
 
+@dataclass
+class SegmentProtocolSettings:
+    """Semantic segmentation: a decoder on the transferred trunk, trained on the train split's
+    masks and scored (mIoU, void ignored) on the test split, once per row of `layers`."""
+
+    layers: list[str] = field(default_factory=lambda: ["fc6-8", "all"])
+    lrs: list[float] = field(default_factory=lambda: [0.003, 0.01, 0.03])
+    steps: list[int] = field(default_factory=lambda: [2000, 4000, 8000])
+    batch_size: int = 16
+    flip: bool = True
+
+
 SETTINGS: dict[str, type] = {"linear": LinearSettings, "mlp": MlpSettings,
-                             "voc": VocProtocolSettings, "low-shot": LowShotSettings}
+                             "voc": VocProtocolSettings, "low-shot": LowShotSettings,
+                             "segment": SegmentProtocolSettings}
 
 
 @dataclass(frozen=True)
@@ -242,6 +259,10 @@ def build_settings(protocol: str, values: dict[str, Any], *, overrides: list[str
     if protocol == "voc" and settings.layers not in VOC_PROTOCOLS:
         raise DomainclustError(f"recipe {source}: settings.layers must be one of "
                                f"{', '.join(VOC_PROTOCOLS)}, got {settings.layers!r}")
+    if protocol == "segment" and (not settings.layers
+                                  or not set(settings.layers) <= set(SEGMENT_LAYERS)):
+        raise DomainclustError(f"recipe {source}: settings.layers must list some of "
+                               f"{', '.join(SEGMENT_LAYERS)}, got {settings.layers!r}")
     return settings
 
 

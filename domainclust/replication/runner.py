@@ -123,9 +123,10 @@ def run_recipe(
         if out.is_file():
             done.append(ev.name)
             continue
-        if ev.dataset not in paths:
-            skipped[ev.name] = f"no --data {ev.dataset}=PATH given"
-            log(f"{ev.name}: skipped ({skipped[ev.name]})")
+        why = not_runnable(ev, paths)
+        if why:
+            skipped[ev.name] = why
+            log(f"{ev.name}: skipped ({why})")
             continue
         log(f"{ev.name}: {ev.title}")
         record = _evaluate(ev, run=run, model=recipe.name, seed=config.seed,
@@ -134,6 +135,16 @@ def run_recipe(
         atomic_write_text(out, json.dumps(record, indent=2) + "\n")
         done.append(ev.name)
     return RecipeRun(run_dir=run, recipe=recipe, done=done, skipped=skipped)
+
+
+def not_runnable(ev: EvaluationRecipe, paths: dict[str, Path]) -> str | None:
+    """Why `recipe run` cannot run `ev` now (it is then skipped and reported), else None."""
+    if ev.protocol == "segment":
+        return (f"`recipe run` does not build a {ev.dataset} store of images with their masks; "
+                "score it with `domainclust finetune --task segment` on such a store")
+    if ev.dataset not in paths:
+        return f"no --data {ev.dataset}=PATH given"
+    return None
 
 
 def _ingest_overrides(items: list[str]) -> dict[str, Any]:

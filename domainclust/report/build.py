@@ -37,6 +37,7 @@ from domainclust.report.page import (
     render_page,
 )
 from domainclust.report.rendering import Renderer, build_renderer
+from domainclust.report.segment import SEGMENT_FILE, load_segment, segment_section
 from domainclust.rundir import RunDir
 from domainclust.store import TileStore
 
@@ -143,6 +144,9 @@ def write_report(
     except DomainclustError as exc:
         lowshot = None
         notes.append(f"low-shot results not shown: {exc}")
+    segment_path = run.path / "eval" / SEGMENT_FILE
+    segment, examples, missing = load_segment(segment_path)
+    notes += missing
     sections = [note_section("Left out", n) for n in notes] + [figure_section(f) for f in figures]
     if lowshot is not None:
         figure = lowshot_figure(lowshot)
@@ -151,6 +155,9 @@ def write_report(
                                 figure_section(figure).body + "\n"
                                 + lowshot_tables(lowshot, source=lowshot_path)))
         lap("lowshot")
+    if segment is not None:
+        sections.append(segment_section(segment, examples, source=segment_path))
+        lap("segment")
 
     out_dir = Path(out) if out else run.path / "report"
     paths = {}

@@ -23,6 +23,12 @@ td, th { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: right; }
 th { background: #f3f3f3; } td.text { text-align: left; }
 .helped { background: #d9f2d9; } .did-not-help { background: #f8d7d7; }
 .inconclusive { background: #eee; }
+table.overlays img.panel { border: none; image-rendering: pixelated; display: block; }
+table.overlays td, table.overlays th { padding: 2px; vertical-align: middle;
+  text-align: center; }
+.swatch { display: inline-block; width: 1em; height: 1em; margin: 0 0.3em 0 0.8em;
+  vertical-align: middle; border: 1px solid #999; }
+.swatch.checker { background: repeating-conic-gradient(#c8c8c8 0 25%, #f5f5f5 0 50%) 0 0 / 6px 6px; }
 """
 
 
@@ -46,13 +52,14 @@ def note_section(title: str, text: str) -> Section:
     return Section(title, f'<p class="note">{escape(text)}</p>')
 
 
-def lowshot_tables(result: LowShotResult, *, source: Path) -> str:
+def lowshot_tables(result: LowShotResult, *, source: Path, shots_label: str = "shots/class") -> str:
     """The results table (mean [95 % CI] per method) and the verdict per shot count."""
     methods = method_order(result.rows)
     keys = sorted({(r.protocol, r.metric, r.shots) for r in result.rows})
     cell = {(r.protocol, r.metric, r.shots, r.method): r for r in result.rows}
     head = "".join(f"<th>{escape(m)}</th>" for m in methods)
-    lines = [f"<table><tr><th>protocol</th><th>metric</th><th>shots/class</th>{head}</tr>"]
+    lines = [f"<table><tr><th>protocol</th><th>metric</th><th>{escape(shots_label)}</th>"
+             f"{head}</tr>"]
     for protocol, metric, shots in keys:
         cells = []
         for m in methods:
@@ -67,8 +74,8 @@ def lowshot_tables(result: LowShotResult, *, source: Path) -> str:
     lines.append(f'<p class="caption">Mean [95 % CI] over n repeats (n/a: one repeat gives no '
                  f"interval). Split: {escape(result.split)}. Source: {escape(source.name)}.</p>")
     if result.verdict:
-        lines.append("<table><tr><th>shots/class</th><th>verdict</th><th>best baseline</th>"
-                     "<th>difference</th><th>95 % CI</th></tr>")
+        lines.append(f"<table><tr><th>{escape(shots_label)}</th><th>verdict</th>"
+                     "<th>best baseline</th><th>difference</th><th>95 % CI</th></tr>")
         for v in result.verdict:
             css = v.result.replace(" ", "-")
             lines.append(

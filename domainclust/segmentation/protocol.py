@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,12 @@ from domainclust.evaluation.training import recompute_batchnorm
 from domainclust.seeds import derive_seed
 from domainclust.segmentation.baselines import BASELINES, fit_pixel_logistic, majority_class
 from domainclust.segmentation.decoder import SegmentationNet
+from domainclust.segmentation.examples import (
+    EXAMPLE_TILES,
+    EXAMPLES_FILE,
+    SegmentExamples,
+    choose_example_tiles,
+)
 from domainclust.segmentation.metrics import confusion, scores
 from domainclust.segmentation.training import (
     PROTOCOLS,
@@ -132,11 +138,13 @@ def low_shot_segment(
     seed: int = 0,
     split_path: Path | str | None = None,
     min_class_pixels: int = 0,
+    examples: int = EXAMPLE_TILES,
     device: str = "auto",
     log: Callable[[str], None] = lambda _: None,
-) -> LowShotResult:
+) -> SegmentResult:
     """Every method x protocol x shot count over `repeats` paired repeats, and the verdict.
-    `min_class_pixels`: classes rarer than that in the store are scored as unlabelled."""
+    `min_class_pixels`: classes rarer than that in the store are scored as unlabelled;
+    `examples`: seeded test tiles whose first-repeat predictions are kept (`result.examples`)."""
     settings = settings or SegmentSettings()
     protocols = parse_segment_protocols(protocol)
     if not shots or min(shots) < 1 or repeats < 1:
@@ -161,14 +169,22 @@ def low_shot_segment(
     x_pool = read_float_tiles(store, pool, tile_size=size)
     metric = "dice" if k == 2 else "miou"
     log(f"split: {split.describe()}; scoring {k} classes on {len(test)} test tiles ({metric})")
+    shown = choose_example_tiles(y_test, n=examples,
+                                 rng=np.random.default_rng(derive_seed(seed, 2)))
+    kept = SegmentExamples(tiles=x_test[torch.as_tensor(shown)].numpy(), truth=y_test[shown],
+                           indices=test[shown].tolist(), channels=list(spec.channels),
+                           modality=store.modality, classes=names) if len(shown) else None
 
     values: dict[tuple[str, str, int, str], list[float]] = {}
     choices: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
 
-    def record(method: str, proto: str, s: int, pred: np.ndarray, choice: dict[str, Any]) -> None:
+    def record(method: str, proto: str, s: int, pred: np.ndarray, choice: dict[str, Any], *,
+               repeat: int) -> None:
         for name, value in scores(confusion(y_test, pred, n_classes=k), names=names).items():
             values.setdefault((method, proto, s, name), []).append(value)
         choices.setdefault((method, proto, s), []).append(choice)
+        if kept is not None and repeat == kept.repeat:
+            kept.add(method=method, protocol=proto, shots=s, masks=pred[shown])
 
     pretrained_frozen = frozen_trunk(trained.model, x_pool) if "frozen" in protocols else None
     for r in range(repeats):
@@ -180,11 +196,15 @@ def low_shot_segment(
                                     rng=np.random.default_rng(derive_seed(seed, r, s)))
             x, y = read_float_tiles(store, idx, tile_size=size), masks[idx]
             run_seed = derive_seed(seed, r, s, 1)
-            record("majority", BASELINE_PROTOCOL, s, np.full_like(y_test, majority_class(y)), {})
+            if kept is not None and r == kept.repeat:
+                kept.shot_tiles[s] = idx.tolist()
+            record("majority", BASELINE_PROTOCOL, s, np.full_like(y_test, majority_class(y)), {},
+                   repeat=r)
             folds = tile_folds(len(idx), folds=settings.folds, seed=run_seed)
             pixel, picked = fit_pixel_logistic(x, y, n_classes=k, folds=folds, seed=run_seed,
                                                balanced=settings.balance_classes)
-            record("pixel_logistic", BASELINE_PROTOCOL, s, pixel.predict(x_test), picked)
+            record("pixel_logistic", BASELINE_PROTOCOL, s, pixel.predict(x_test), picked,
+                   repeat=r)
             for method in NETWORKS:
                 for proto in protocols:
                     frozen = proto == "frozen"
@@ -202,7 +222,7 @@ def low_shot_segment(
 
                     net, picked = select_and_train(make_net, x, y, n_classes=k, frozen=frozen,
                                                    settings=settings, seed=run_seed)
-                    record(method, proto, s, predict_masks(net, x_test), picked)
+                    record(method, proto, s, predict_masks(net, x_test), picked, repeat=r)
         log(f"repeat {r + 1}/{repeats}: " + ", ".join(
             f"{m}/{p} {s}-shot {100 * v[-1]:.1f}" for (m, p, s, name), v in values.items()
             if name == metric and len(v) == r + 1 and s == max(shots)))
@@ -211,7 +231,7 @@ def low_shot_segment(
                 choices=choices[(m, p, s)])
             for (m, p, s, name), v in values.items()]
     rows.sort(key=lambda row: (row.shots, METHODS.index(row.method), row.protocol, row.metric))
-    return LowShotResult(
+    return SegmentResult(
         rows=rows,
         verdict=[judge(rows, shots=s, protocol=protocols[0], metric=metric) for s in shots],
         split=split.source, n_classes=k, n_test=len(test), checkpoint=str(trained.source),
@@ -219,7 +239,20 @@ def low_shot_segment(
         settings={"task": "segment", "metric": metric, "classes": names,
                   "class_values": [int(c) for c in classes], "protocols": list(protocols),
                   "segment": asdict(settings), "repeats": repeats, "shots": "tiles per repeat",
-                  "min_class_pixels": min_class_pixels})
+                  "min_class_pixels": min_class_pixels},
+        examples=kept)
+
+
+@dataclass
+class SegmentResult(LowShotResult):
+    """The low-shot result, plus the predictions kept on a few test tiles (not in the JSON)."""
+
+    examples: SegmentExamples | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `segment.json` form: that of `LowShotResult` (the examples have their own file)."""
+        return LowShotResult(**{f.name: getattr(self, f.name)
+                                for f in fields(LowShotResult)}).to_dict()
 
 
 def frozen_trunk(model: torch.nn.Module, x_pool: torch.Tensor) -> torch.nn.Module:
@@ -279,7 +312,8 @@ def segment_table(result: LowShotResult) -> str:
 
 
 def write_segment(result: LowShotResult, out_dir: Path | str) -> dict[str, Path]:
-    """segment.json and segment.csv in `out_dir`."""
+    """segment.json and segment.csv in `out_dir`; with the result's examples also
+    segment_examples.npz and segment_examples.html (the overlays and the table, one page)."""
     from domainclust.atomic import atomic_write_text
     from domainclust.evaluation.report import finetune_csv, write_json
 
@@ -287,4 +321,13 @@ def write_segment(result: LowShotResult, out_dir: Path | str) -> dict[str, Path]
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "segment.csv"
     atomic_write_text(csv_path, finetune_csv(result))
-    return {"json": write_json(out / "segment.json", result.to_dict()), "csv": csv_path}
+    paths = {"json": write_json(out / "segment.json", result.to_dict()), "csv": csv_path}
+    examples = getattr(result, "examples", None)
+    if examples is not None:
+        from domainclust.report.segment import segment_page
+
+        paths["examples"] = examples.save(out / EXAMPLES_FILE)
+        paths["page"] = out / "segment_examples.html"
+        atomic_write_text(paths["page"], segment_page(result, examples,
+                                                      source=paths["json"]))
+    return paths
