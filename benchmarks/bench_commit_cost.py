@@ -25,7 +25,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import numpy as np  # noqa: E402
 import zarr  # noqa: E402
 
-from domainclust.store import LOG_NAME, StoreSpec, TileStoreWriter  # noqa: E402
+from domainclust.data.store import LOG_NAME, StoreSpec, TileStoreWriter  # noqa: E402
 
 SPEC = StoreSpec(modality="bench", channels=("a",), tile_size=8, dtype="uint8", scale=(1.0,),
                  offset=(0.0,))

@@ -1,7 +1,7 @@
 """Descriptor + clustering step: ours vs the reference approach, measured in the same run.
 
 Reference (DeepCluster's code): faiss `PCAMatrix` whitening → L2 → faiss k-means.
-Ours: streaming covariance + partial eigh whitening → L2 → k-means (`domainclust.kmeans`).
+Ours: streaming covariance + partial eigh whitening → L2 → k-means (`domainclust.clustering.kmeans`).
 Both cluster the same N × D features into k clusters with 20 iterations, no subsampling.
 Then the peak memory of our descriptor pass over N = 200 000 streamed features, in a fresh
 process (the features are generated batch by batch and never held together).
@@ -23,9 +23,9 @@ import faiss
 import numpy as np
 import torch
 
-from domainclust.descriptors import compute_descriptors
+from domainclust.engine.descriptors import compute_descriptors
 from domainclust.device import limit_cpu_threads
-from domainclust.kmeans import kmeans
+from domainclust.clustering.kmeans import kmeans
 
 
 def feature_batches(n: int, d: int, *, batch: int = 256, seed: int = 0):

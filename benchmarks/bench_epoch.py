@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from domainclust.config import resolve
-from domainclust.store import StoreSpec, TileStoreWriter
+from domainclust.data.store import StoreSpec, TileStoreWriter
 
 NETWORKS = [("alexnet", 224), ("resnet50", 224), ("resnet18", 64)]
 
@@ -52,7 +52,7 @@ def photo_store(path: Path, *, n: int, size: int) -> Path:
 
 
 def epoch(arch: str, size: int, *, n: int, k: int, batch: int, tmp: Path) -> dict:
-    from domainclust.deepcluster import pretrain
+    from domainclust.engine.deepcluster import pretrain
 
     store = photo_store(tmp / f"{arch}-{size}.zarr", n=n, size=size)
     config = resolve(overrides=[f"store={store}", f"arch={arch}", f"k={k}", "epochs=1",
@@ -72,9 +72,9 @@ def high_water_mb() -> float:
 
 def scale_child(n: int, d: int, k: int) -> None:
     """Descriptors of N streamed D-dim features, then k-means on them; time + peak RSS."""
-    from domainclust.descriptors import compute_descriptors
+    from domainclust.engine.descriptors import compute_descriptors
     from domainclust.device import limit_cpu_threads
-    from domainclust.kmeans import kmeans
+    from domainclust.clustering.kmeans import kmeans
 
     limit_cpu_threads()
     g = torch.Generator().manual_seed(0)

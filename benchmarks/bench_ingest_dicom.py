@@ -25,7 +25,7 @@ import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from domainclust.ingest import run_ingest
+from domainclust.data.ingest import run_ingest
 from domainclust.modalities.medical.adapter import expand_sources
 from domainclust.modalities.medical.ct import ADAPTER, CT_DEFAULTS
 

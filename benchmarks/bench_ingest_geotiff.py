@@ -72,7 +72,7 @@ def _import_adapter(_: int) -> int:
 
 
 def _read_count(adapter: Any, item: Any, options: dict[str, Any]) -> int:
-    from domainclust.ingest import Skip
+    from domainclust.data.ingest_item import Skip
 
     try:
         return len(adapter.read(item, options).tiles)
@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
     args = parser.parse_args()
 
-    from domainclust.modality import get_modality
+    from domainclust.data.modality import get_modality
     from domainclust.modalities.geo.geotiff import GeoTiffAdapter
 
     modality = get_modality("geotiff")

@@ -15,9 +15,9 @@ import time
 import numpy as np
 import torch
 
-from domainclust.backends import available
+from domainclust.clustering.backends import available
 from domainclust.device import limit_cpu_threads
-from domainclust.kmeans import kmeans
+from domainclust.clustering.kmeans import kmeans
 
 
 def descriptors(n: int, d: int, *, seed: int = 0) -> np.ndarray:

@@ -29,8 +29,8 @@ from lowshot import add_driver_arguments, parse_variants, select_then_test, writ
 from domainclust.evaluation.data import (
     Split, class_counts, grouped_split, labels_within, store_split, tile_groups)
 from domainclust.modalities.geo.bands import SENSORS
-from domainclust.modality import get_modality
-from domainclust.store import TileStore
+from domainclust.data.modality import get_modality
+from domainclust.data.store import TileStore
 
 BANDS = ("10", "20", "30", "40", "50", "70")
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "landsat.yaml"

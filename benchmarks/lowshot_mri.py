@@ -39,8 +39,8 @@ import numpy as np
 from lowshot import add_driver_arguments, parse_variants, select_then_test, write_stages
 
 from domainclust.evaluation.data import Split
-from domainclust.modality import get_modality
-from domainclust.store import TileStore
+from domainclust.data.modality import get_modality
+from domainclust.data.store import TileStore
 from domainclust.modalities.medical.nifti import load_nifti
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "mri.yaml"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from domainclust.errors import DomainclustError
-from domainclust.store import StoreSpec, TileStore, TileStoreWriter
+from domainclust.data.store import StoreSpec, TileStore, TileStoreWriter
 
 __all__ = [
     "DomainclustError", "StoreSpec", "TileStore", "TileStoreWriter", "load_backbone", "pretrain",
@@ -19,11 +19,11 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str) -> Any:
     if name == "pretrain":
-        from domainclust.deepcluster import pretrain
+        from domainclust.engine.deepcluster import pretrain
 
         return pretrain
     if name == "load_backbone":
-        from domainclust.export import load_backbone
+        from domainclust.networks.export import load_backbone
 
         return load_backbone
     raise AttributeError(f"module 'domainclust' has no attribute {name!r}")

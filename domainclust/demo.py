@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from domainclust.config import Config, resolve
-from domainclust.deepcluster import model_spec, pretrain
+from domainclust.engine.deepcluster import model_spec, pretrain
 from domainclust.device import resolve_device
 from domainclust.evaluation.data import Split, store_split, stratified_split
 from domainclust.evaluation.features import (
@@ -26,11 +26,11 @@ from domainclust.evaluation.features import (
     layer_names,
     read_float_tiles,
 )
-from domainclust.evaluation.knn import knn_accuracy
-from domainclust.modality import get_modality
-from domainclust.model import DeepClusterNet
+from domainclust.evaluation.probes.knn import knn_accuracy
+from domainclust.data.modality import get_modality
+from domainclust.networks.model import DeepClusterNet
 from domainclust.rundir import RunDir, atomic_write_text
-from domainclust.store import TileStore, write_subset
+from domainclust.data.store import TileStore, write_subset
 
 DEMO_MODALITY = "mnist"
 TEST_FRACTION = 0.2

@@ -27,7 +27,7 @@ import torch
 from domainclust import config as cfg
 from domainclust.atomic import atomic_write, atomic_write_text
 from domainclust.errors import DomainclustError
-from domainclust.store import is_url
+from domainclust.data.store import is_url
 
 
 class RunDir:

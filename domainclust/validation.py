@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from domainclust import config as cfg
-from domainclust.batch_augment import build_batch_augmentation
+from domainclust.engine.batch_augment import build_batch_augmentation
 from domainclust.errors import DomainclustError
 
 # Settings that must be > 0 and >= 0; `None` (where the type allows it) means "not set".

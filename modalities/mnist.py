@@ -24,8 +24,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from domainclust.errors import DomainclustError
-from domainclust.modality import Modality
-from domainclust.store import StoreSpec, TileStoreWriter
+from domainclust.data.modality import Modality
+from domainclust.data.store import StoreSpec, TileStoreWriter
 
 SIDE, PAD = 28, 2
 BATCH = 1000

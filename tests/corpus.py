@@ -38,9 +38,9 @@ from geotiff_data import make_scene
 from medical_data import CT5N, NIBABEL_DATA, pydicom_file
 
 from domainclust.errors import DomainclustError
-from domainclust.ingest import run_ingest
-from domainclust.modality import get_modality
-from domainclust.store import TileStore
+from domainclust.data.ingest import run_ingest
+from domainclust.data.modality import get_modality
+from domainclust.data.store import TileStore
 
 KINDS = ("truncated", "header_flips", "pixel_flips", "zero_length", "wrong_extension",
          "nan_inf", "absurd_dims")

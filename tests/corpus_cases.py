@@ -31,9 +31,9 @@ from typer.testing import CliRunner
 
 from domainclust.cli import app
 from domainclust.errors import DomainclustError
-from domainclust.ingest import default_report_path, run_ingest
-from domainclust.modality import get_modality
-from domainclust.store import TileStore
+from domainclust.data.ingest import default_report_path, run_ingest
+from domainclust.data.modality import get_modality
+from domainclust.data.store import TileStore
 
 FILL = 3.4e38  # float32's largest finite value, a common fill
 

@@ -20,9 +20,9 @@ import torch
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from domainclust.ingest import run_ingest
-from domainclust.modality import Modality
-from domainclust.store import TileStore
+from domainclust.data.ingest import run_ingest
+from domainclust.data.modality import Modality
+from domainclust.data.store import TileStore
 
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 DICOMDIR_TESTS = PYDICOM_FILES / "dicomdirtests"

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from domainclust.backends import available, select_backend
+from domainclust.clustering.backends import available, select_backend
 from domainclust.errors import DomainclustError
-from domainclust.kmeans import kmeans
+from domainclust.clustering.kmeans import kmeans
 
 
 def descriptor_like(n: int, d: int, *, seed: int) -> np.ndarray:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from domainclust.batch_augment import BatchAugment, Step, build_batch_augmentation, crop_boxes
-from domainclust.device_batches import AugmentedBatches, StagedTiles
+from domainclust.engine.batch_augment import BatchAugment, Step, build_batch_augmentation, crop_boxes
+from domainclust.engine.device_batches import AugmentedBatches, StagedTiles
 
 
 def ramp(n: int = 8, c: int = 2, size: int = 16) -> torch.Tensor:
@@ -109,7 +109,7 @@ def test_staged_batches_convert_with_scale_offset_and_follow_the_positions(dtype
 
 @pytest.mark.slow
 def test_pretrain_with_batched_augmentation_on_cpu(mnist_store, tmp_path) -> None:
-    from domainclust import deepcluster
+    from domainclust.engine import deepcluster
     from domainclust.config import resolve
 
     overrides = [f"store={mnist_store}", "subset_size=200", "k=5", "batch_size=20", "pca_dim=16",
@@ -121,7 +121,7 @@ def test_pretrain_with_batched_augmentation_on_cpu(mnist_store, tmp_path) -> Non
 
 
 def test_batch_augment_on_with_an_unbatchable_recipe_is_refused(mnist_store, tmp_path) -> None:
-    from domainclust import deepcluster
+    from domainclust.engine import deepcluster
     from domainclust.config import resolve
     from domainclust.errors import DomainclustError
 

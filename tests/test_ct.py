@@ -26,9 +26,9 @@ from typer.testing import CliRunner
 
 from domainclust.cli import app
 from domainclust.errors import DomainclustError
-from domainclust.ingest import default_report_path
-from domainclust.modality import get_modality
-from domainclust.store import TileStore
+from domainclust.data.ingest import default_report_path
+from domainclust.data.modality import get_modality
+from domainclust.data.store import TileStore
 from domainclust.modalities.medical.ct import DEFAULT_WINDOWS, MODALITY
 
 SMALL = {"spacing": None, "tile_size": 32, "max_background": 1.0}  # 16x16 px slices: keep all

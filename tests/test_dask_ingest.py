@@ -20,8 +20,9 @@ from geotiff_data import make_scene
 from medical_data import CT5N, copy_files, pydicom_file
 
 from domainclust.errors import DomainclustError
-from domainclust.ingest import SourceItem, TileBatch, run_ingest, store_key
-from domainclust.store import TileStore
+from domainclust.data.ingest import run_ingest, store_key
+from domainclust.data.ingest_item import SourceItem, TileBatch
+from domainclust.data.store import TileStore
 from domainclust.modalities.medical.ct import MODALITY as CT
 from domainclust.modalities.geo.geotiff import MODALITY as GEOTIFF
 from domainclust.modalities.geo.geotiff import GeoTiffAdapter
@@ -200,6 +201,6 @@ def test_a_worker_killed_mid_ingest_then_a_rerun_gives_the_serial_store(
 
 def test_the_dask_engine_does_not_import_the_serial_one() -> None:
     """The two engines share `ingest_item`; the serial one dispatches to Dask, not back."""
-    code = ("import sys, domainclust.dask_ingest; "
-            "sys.exit('domainclust.ingest' in sys.modules)")
+    code = ("import sys, domainclust.data.dask_ingest; "
+            "sys.exit('domainclust.data.ingest' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -8,11 +8,11 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from domainclust import deepcluster
+from domainclust.engine import deepcluster
 from domainclust.cli import app
 from domainclust.config import resolve
 from domainclust.errors import DomainclustError
-from domainclust.store import StoreSpec, TileStoreWriter
+from domainclust.data.store import StoreSpec, TileStoreWriter
 
 SMALL = ["subset_size=600", "k=10", "epochs=3", "batch_size=64", "pca_dim=32"]
 

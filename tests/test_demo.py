@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from domainclust.cli import app
-from domainclust.store import TileStore
+from domainclust.data.store import TileStore
 
 
 @pytest.mark.slow

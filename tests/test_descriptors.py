@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from domainclust.descriptors import CovarianceAccumulator, compute_descriptors
+from domainclust.engine.descriptors import CovarianceAccumulator, compute_descriptors
 
 
 def features(n: int = 3000, d: int = 96, seed: int = 0) -> torch.Tensor:

@@ -15,9 +15,9 @@ from medical_data import CT5N, copy_files, ct_series, grep_store, identifying_st
 from pydicom.sr.codedict import codes
 
 from domainclust.errors import DomainclustError
-from domainclust.ingest import default_report_path
+from domainclust.data.ingest import default_report_path
 from domainclust.modalities.medical.ct import MODALITY as CT
-from domainclust.store import TileStore
+from domainclust.data.store import TileStore
 
 OPTIONS = {"spacing": None, "tile_size": 32, "max_background": 1.0}  # 16x16 px slices: keep all
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from domainclust.cli import app
 from domainclust.errors import DomainclustError
 from domainclust.evaluation import evaluate_clusters, evaluate_knn, evaluate_linear
-from domainclust.store import TileStore
+from domainclust.data.store import TileStore
 
 pytest_plugins = ["test_evaluation_fixtures"]
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from domainclust.config import resolve
-from domainclust.deepcluster import pretrain
-from domainclust.store import StoreSpec, TileStore, TileStoreWriter
+from domainclust.engine.deepcluster import pretrain
+from domainclust.data.store import StoreSpec, TileStore, TileStoreWriter
 
 PER_CLASS = 60  # 600 digits: enough for every protocol, small enough for 2 cores
 
@@ -61,7 +61,7 @@ def single_repeat_eval(tiny_run: Path, small_store: Path,
     """The folder `write_finetune` fills from the real low-shot protocol run once (one repeat:
     no confidence intervals) on `tiny_run`."""
     from domainclust.evaluation import low_shot
-    from domainclust.evaluation.report import write_finetune
+    from domainclust.evaluation.results import write_finetune
 
     out = tmp_path_factory.mktemp("single_repeat")
     result = low_shot(tiny_run, small_store, shots=[1], repeats=1, max_test=40, device="cpu")

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from domainclust.cli import app
 from domainclust.errors import DomainclustError
 from domainclust.evaluation import evaluate_knn, load_trained
-from domainclust.export import export_backbone, load_backbone
-from domainclust.store import TileStore
+from domainclust.networks.export import export_backbone, load_backbone
+from domainclust.data.store import TileStore
 
 pytest_plugins = ["test_evaluation_fixtures"]
 

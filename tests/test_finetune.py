@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 from domainclust.cli import app
 from domainclust.errors import DomainclustError
 from domainclust.evaluation import low_shot
-from domainclust.evaluation.fewshot import METHODS, Row, judge
-from domainclust.evaluation.finetune import FinetuneSettings
-from domainclust.evaluation.report import write_finetune
+from domainclust.evaluation.lowshot.fewshot import METHODS, Row, judge
+from domainclust.evaluation.lowshot.finetune import FinetuneSettings
+from domainclust.evaluation.results import write_finetune
 from domainclust.evaluation.training import augment, recompute_batchnorm
 
 pytest_plugins = ["test_evaluation_fixtures"]
@@ -148,8 +148,8 @@ def test_augment_translates_within_bounds_and_is_seeded() -> None:
 
 
 def test_a_dimension_constant_on_the_pool_cannot_swamp_a_test_tile() -> None:
-    from domainclust.evaluation.frozen import Standardiser
-    from domainclust.evaluation.linear import STD_FLOOR
+    from domainclust.evaluation.lowshot.frozen import Standardiser
+    from domainclust.evaluation.probes.linear import STD_FLOOR
 
     rng = np.random.default_rng(0)
     pool = np.column_stack([rng.normal(3.0, 2.0, 500), np.zeros(500)]).astype(np.float32)

@@ -21,7 +21,7 @@ from rasterio.windows import Window
 
 from domainclust.errors import DomainclustError
 from domainclust.modalities.geo.geotiff import MODALITY
-from domainclust.store import TileStore
+from domainclust.data.store import TileStore
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
 

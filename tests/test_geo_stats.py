@@ -19,7 +19,7 @@ from domainclust.modalities.geo.geotiff import MODALITY
 from domainclust.modalities.geo.scenes import fill_values
 
 from domainclust.errors import DomainclustError
-from domainclust.store import TileStore
+from domainclust.data.store import TileStore
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
 

@@ -22,9 +22,9 @@ from rasterio.transform import Affine, from_origin
 from rasterio.windows import Window
 
 from domainclust.errors import DomainclustError
-from domainclust.ingest import run_ingest
-from domainclust.modality import ingest_options
-from domainclust.store import TileStore
+from domainclust.data.ingest import run_ingest
+from domainclust.data.modality import ingest_options
+from domainclust.data.store import TileStore
 from domainclust.modalities.geo.geotiff import MODALITY, GeoTiffAdapter
 from domainclust.modalities.geo.options import parse_options
 

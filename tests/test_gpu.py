@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from domainclust.backends import available, select_backend
-from domainclust.batch_augment import build_batch_augmentation
-from domainclust.descriptors import compute_descriptors
-from domainclust.device_batches import AugmentedBatches, StagedTiles
-from domainclust.kmeans import kmeans
+from domainclust.clustering.backends import available, select_backend
+from domainclust.engine.batch_augment import build_batch_augmentation
+from domainclust.engine.descriptors import compute_descriptors
+from domainclust.engine.device_batches import AugmentedBatches, StagedTiles
+from domainclust.clustering.kmeans import kmeans
 
 pytestmark = [
     pytest.mark.gpu,
@@ -70,7 +70,7 @@ def test_batches_are_made_on_the_gpu_from_uint8_tiles() -> None:
 
 
 def test_pretrain_epoch_on_the_gpu(mnist_store, tmp_path) -> None:
-    from domainclust import deepcluster
+    from domainclust.engine import deepcluster
     from domainclust.config import resolve
 
     history = deepcluster.pretrain(

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from domainclust.cli import app
 from domainclust.errors import DomainclustError
-from domainclust.lock import StoreLock, lock_path
-from domainclust.store import StoreSpec, TileStore, TileStoreWriter
+from domainclust.data.lock import StoreLock, lock_path
+from domainclust.data.store import StoreSpec, TileStore, TileStoreWriter
 
 CT_SMALL = ["--set", "spacing=null", "--set", "tile_size=32", "--set", "max_background=1.0"]
 
@@ -118,7 +118,7 @@ def test_a_report_path_that_is_a_folder_is_refused_before_any_tile_is_written(
 HOLD = """
 import sys, time
 from pathlib import Path
-from domainclust.lock import StoreLock
+from domainclust.data.lock import StoreLock
 lock = StoreLock(Path(sys.argv[1]))
 lock.acquire()
 print("held", flush=True)

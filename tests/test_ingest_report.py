@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from domainclust.cli import app
 from domainclust.errors import DomainclustError
-from domainclust.ingest import default_report_path
-from domainclust.store import TileStore
+from domainclust.data.ingest import default_report_path
+from domainclust.data.store import TileStore
 from domainclust.modalities.medical.ct import MODALITY as CT
 from domainclust.modalities.medical.mri import MODALITY as MRI
 
@@ -190,7 +190,7 @@ def test_resume_with_other_sources_is_refused_unless_added(tmp_path: Path) -> No
 
 
 def run_add(source: Path, out: Path) -> dict:
-    from domainclust.ingest import run_ingest
+    from domainclust.data.ingest import run_ingest
 
     return run_ingest(CT.ingest.args[0], [source], out, options={**CT.defaults, **SMALL},
                       workers=1, progress=False, add=True)

@@ -3,7 +3,7 @@ import pytest
 from sklearn.metrics import normalized_mutual_info_score
 
 from domainclust.errors import DomainclustError
-from domainclust.kmeans import kmeans, repair_empty
+from domainclust.clustering.kmeans import kmeans, repair_empty
 
 BACKENDS = ["faiss", "torch"]  # cuvs: tests/test_gpu.py
 

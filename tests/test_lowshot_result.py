@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from domainclust.config import load_yaml, resolve
-from domainclust.deepcluster import pretrain
+from domainclust.engine.deepcluster import pretrain
 from domainclust.errors import DomainclustError
-from domainclust.evaluation.lowshot_result import load_lowshot
+from domainclust.evaluation.lowshot.result import load_lowshot
 from domainclust.report.lowshot import lowshot_figure
 from domainclust.report.page import lowshot_tables
 

@@ -10,8 +10,8 @@ from test_evaluation_fixtures import write_store
 from test_voc import synthetic_checkpoint
 
 from domainclust.errors import DomainclustError
-from domainclust.evaluation.mlp import MlpSettings, evaluate_mlp, reset_mlp, tensor_draw, train_mlp
-from domainclust.model import DeepClusterNet, ModelSpec
+from domainclust.evaluation.probes.mlp import MlpSettings, evaluate_mlp, reset_mlp, tensor_draw, train_mlp
+from domainclust.networks.model import DeepClusterNet, ModelSpec
 
 SPEC = ModelSpec(arch="alexnet", stem="stride1", frontend="sobel", channels=("red", "green", "blue"),
                  raw_channels=(), tile_size=32)

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from domainclust.cli import app
 from domainclust.errors import DomainclustError
 from domainclust.modalities.mnist import ingest
-from domainclust.store import TileStore
+from domainclust.data.store import TileStore
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from domainclust.backbones import auto_stem, geometry
+from domainclust.networks.backbones import auto_stem, geometry
 from domainclust.errors import DomainclustError
-from domainclust.frontends import GradientFrontEnd
-from domainclust.model import DeepClusterNet, ModelSpec
+from domainclust.networks.frontends import GradientFrontEnd
+from domainclust.networks.model import DeepClusterNet, ModelSpec
 
 
 def spec(arch: str, channels: int, size: int, frontend: str = "sobel", raw=(),

@@ -13,9 +13,9 @@ import pytest
 from medical_data import SIEMENS_MR, floats, ingest, reasons, robust_z, siemens_mosaic
 
 from domainclust.errors import DomainclustError
-from domainclust.ingest import default_report_path
+from domainclust.data.ingest import default_report_path
 from domainclust.modalities.medical.mri import MODALITY
-from domainclust.store import TileStore
+from domainclust.data.store import TileStore
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # nibabel: "DICOM readers are highly experimental"

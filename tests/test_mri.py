@@ -30,9 +30,9 @@ from medical_data import (
 )
 
 from domainclust.errors import DomainclustError
-from domainclust.ingest import default_report_path
-from domainclust.modality import get_modality
-from domainclust.store import TileStore
+from domainclust.data.ingest import default_report_path
+from domainclust.data.modality import get_modality
+from domainclust.data.store import TileStore
 from domainclust.modalities.medical.slices import load_series
 from domainclust.modalities.medical.mri import MODALITY
 from domainclust.modalities.medical.nifti import load_nifti

@@ -18,7 +18,7 @@ from medical_data import ingest, pydicom_file, reasons
 from pydicom.sequence import Sequence
 
 from domainclust.modalities.medical.ct import MODALITY
-from domainclust.store import TileStore
+from domainclust.data.store import TileStore
 
 WIDE = {"spacing": None, "tile_size": 256, "max_background": 1.0, "windows": {"wide": [4000, 976]}}
 

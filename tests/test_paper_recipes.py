@@ -166,7 +166,7 @@ def test_measured_recipes_keep_the_intensity_level(name: str) -> None:
     """The measured choice (Landsat; the MNI152 T1; low-shot protocol): no gradient-only
     front-end."""
     from domainclust.config import resolve
-    from domainclust.modality import load_recipe as load_domain_recipe
+    from domainclust.data.modality import load_recipe as load_domain_recipe
 
     config = resolve(recipe=load_domain_recipe(name))
     assert config.model.frontend == "none"

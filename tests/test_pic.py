@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import homogeneity_score, normalized_mutual_info_score
 
-from domainclust.pic import knn_graph, pic
+from domainclust.clustering.pic import knn_graph, pic
 
 
 def unit_blobs(scale: float = 1.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,7 @@ import typer.main
 from domainclust.cli import app
 from domainclust.config import resolve
 from domainclust.errors import DomainclustError
-from domainclust.modality import get_modality, ingest_options, shipped_recipe
+from domainclust.data.modality import get_modality, ingest_options, shipped_recipe
 from domainclust.report import ReportSettings
 from domainclust.validation import MAX_UPSCALE
 
@@ -133,7 +133,7 @@ def test_the_front_end_of_every_shipped_recipe_is_as_the_readme_says() -> None:
         names, frontend = re.fullmatch(r"(.*) uses? `([\w-]+)`", group.strip()).groups()
         for name in re.findall(r"`([\w-]+)`", names):
             said[name] = frontend
-    from domainclust.modality import domain_recipe_names
+    from domainclust.data.modality import domain_recipe_names
 
     assert sorted(said) == domain_recipe_names()
     assert {n: resolve(recipe=shipped_recipe(n)).model.frontend for n in said} == said

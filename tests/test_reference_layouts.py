@@ -19,7 +19,7 @@ from reference_data import (
 )
 
 from domainclust.errors import DomainclustError
-from domainclust.evaluation.voc import read_voc
+from domainclust.evaluation.voc.layout import read_voc
 from domainclust.replication.datasets import prepare_store
 from domainclust.replication.layouts import (
     image_folder,
@@ -31,7 +31,7 @@ from domainclust.replication.layouts import (
     voc2012,
     voc2012_segmentation,
 )
-from domainclust.store import TileStore
+from domainclust.data.store import TileStore
 
 
 @pytest.fixture(scope="module")

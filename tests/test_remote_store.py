@@ -20,8 +20,8 @@ import torch
 from domainclust import deepcluster, remote
 from domainclust.config import resolve
 from domainclust.errors import DomainclustError
-from domainclust.staging import stage_tiles
-from domainclust.store import StoreSpec, TileStore, TileStoreWriter
+from domainclust.engine.staging import stage_tiles
+from domainclust.data.store import StoreSpec, TileStore, TileStoreWriter
 
 SMALL = ["subset_size=256", "data.tiles_per_chunk=128", "k=8", "epochs=1", "batch_size=64",
          "pca_dim=16", "device=cpu"]

@@ -14,12 +14,12 @@ from browser import find_chromium, probe_page
 from PIL import Image
 from typer.testing import CliRunner
 
-from domainclust import deepcluster
+from domainclust.engine import deepcluster
 from domainclust.cli import app
 from domainclust.config import resolve
 from domainclust.errors import DomainclustError
 from domainclust.evaluation import low_shot
-from domainclust.evaluation.report import write_finetune
+from domainclust.evaluation.results import write_finetune
 from domainclust.report import write_report
 
 TINY = ["k=8", "epochs=2", "batch_size=64", "pca_dim=16", "subset_size=160", "model.width=0.25"]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from domainclust.errors import DomainclustError
-from domainclust.model import ModelSpec, Trunk
+from domainclust.networks.model import ModelSpec, Trunk
 from domainclust.report.filters import effective_filters, first_conv
 from domainclust.report.montage import choose_clusters, mean_purity
 from domainclust.report.neighbours import nearest

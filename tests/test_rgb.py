@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from domainclust import cli
 from domainclust.errors import DomainclustError
-from domainclust.ingest import default_report_path, run_ingest
-from domainclust.store import TileStore
+from domainclust.data.ingest import default_report_path, run_ingest
+from domainclust.data.store import TileStore
 from domainclust.modalities.images.rgb import MODALITY, RgbAdapter
 
 SIZE = 48

@@ -16,11 +16,11 @@ from typer.testing import CliRunner
 
 from domainclust import cli
 from domainclust.config import resolve
-from domainclust.deepcluster import model_spec
+from domainclust.engine.deepcluster import model_spec
 from domainclust.errors import DomainclustError
-from domainclust.ingest import default_report_path
-from domainclust.model import DeepClusterNet
-from domainclust.store import TileStore
+from domainclust.data.ingest import default_report_path
+from domainclust.networks.model import DeepClusterNet
+from domainclust.data.store import TileStore
 from domainclust.modalities.images.rgbd import MODALITY
 
 

@@ -24,7 +24,7 @@ from corpus import BUILDERS, MUST_BE_NAMED, run_corpus
 from corpus_cases import CASES, REFUSALS, Case, Refusal, run_case, run_refusal
 from medical_data import ct_series
 
-from domainclust.store import TileStore
+from domainclust.data.store import TileStore
 
 KILL_SECONDS = 120  # one run of the kill test's ingest takes seconds
 

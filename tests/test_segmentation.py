@@ -23,12 +23,12 @@ from typer.testing import CliRunner
 
 from domainclust.cli import app
 from domainclust.config import ARCHS, STEMS, resolve
-from domainclust.deepcluster import pretrain
+from domainclust.engine.deepcluster import pretrain
 from domainclust.errors import DomainclustError
 from domainclust.evaluation.features import read_float_tiles
-from domainclust.evaluation.fewshot import judge
-from domainclust.evaluation.lowshot_result import Row, load_lowshot
-from domainclust.model import DeepClusterNet, ModelSpec
+from domainclust.evaluation.lowshot.fewshot import judge
+from domainclust.evaluation.lowshot.result import Row, load_lowshot
+from domainclust.networks.model import DeepClusterNet, ModelSpec
 from domainclust.report import write_report
 from domainclust.report.segment import PALETTE, colour_masks, load_segment, panel_scale
 from domainclust.segmentation import SegmentationNet, SegmentSettings, confusion, scores
@@ -43,7 +43,7 @@ from domainclust.segmentation.protocol import (
     write_segment,
 )
 from domainclust.segmentation.training import balanced_weights, predict_masks, train_segmenter
-from domainclust.store import TileStore
+from domainclust.data.store import TileStore
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
 TILE = 32

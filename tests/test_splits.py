@@ -9,7 +9,7 @@ import pytest
 
 from domainclust.errors import DomainclustError
 from domainclust.evaluation.data import store_split, tile_groups
-from domainclust.store import StoreSpec, TileStore, TileStoreWriter
+from domainclust.data.store import StoreSpec, TileStore, TileStoreWriter
 
 SIDE = 32
 

@@ -6,7 +6,7 @@ import torch
 import zarr
 
 from domainclust.errors import DomainclustError
-from domainclust.store import StoreSpec, TileStore, TileStoreWriter, write_subset
+from domainclust.data.store import StoreSpec, TileStore, TileStoreWriter, write_subset
 
 
 def spec(**changes) -> StoreSpec:

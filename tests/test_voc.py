@@ -13,21 +13,21 @@ import pytest
 import torch
 
 from domainclust.errors import DomainclustError
-from domainclust.evaluation.voc import (
+from domainclust.evaluation.voc.layout import (
     VOC_CLASSES,
     mean_average_precision,
     parse_annotation,
     read_voc,
     voc07_average_precision,
 )
-from domainclust.evaluation.voc_images import evaluate_voc
-from domainclust.evaluation.voc_train import (
+from domainclust.evaluation.voc.images import evaluate_voc
+from domainclust.evaluation.voc.protocols import (
     VocSettings,
     multilabel_loss,
     train_multilabel,
     trainable_parameters,
 )
-from domainclust.model import DeepClusterNet, ModelSpec
+from domainclust.networks.model import DeepClusterNet, ModelSpec
 from domainclust.rundir import RunDir
 
 

@@ -6,21 +6,21 @@ checkpoint (or run dir, or exported backbone) and a labelled TileStore, and retu
 that prints as a table and serialises to JSON.
 """
 
-from domainclust.evaluation.clusters import (
+from domainclust.evaluation.probes.clusters import (
     ClusterEvalResult,
     evaluate_clusters,
     intra_class_edge_ratio,
     nmi_to_labels,
 )
 from domainclust.evaluation.data import Split, make_split, split_indices, store_labels
-from domainclust.evaluation.fewshot import low_shot
-from domainclust.evaluation.finetune import FinetuneSettings
-from domainclust.evaluation.knn import KnnResult, embed_store, evaluate_knn, knn_accuracy
-from domainclust.evaluation.linear import LinearProbeResult, evaluate_linear
-from domainclust.evaluation.lowshot_result import LowShotResult
+from domainclust.evaluation.lowshot.fewshot import low_shot
+from domainclust.evaluation.lowshot.finetune import FinetuneSettings
+from domainclust.evaluation.probes.knn import KnnResult, embed_store, evaluate_knn, knn_accuracy
+from domainclust.evaluation.probes.linear import LinearProbeResult, evaluate_linear
+from domainclust.evaluation.lowshot.result import LowShotResult
 from domainclust.evaluation.models import Trained, load_trained
-from domainclust.evaluation.voc import mean_average_precision, read_voc, voc07_average_precision
-from domainclust.evaluation.voc_train import VocResult, VocSettings, voc_classification
+from domainclust.evaluation.voc.layout import mean_average_precision, read_voc, voc07_average_precision
+from domainclust.evaluation.voc.protocols import VocResult, VocSettings, voc_classification
 
 __all__ = [
     "ClusterEvalResult", "FinetuneSettings", "KnnResult", "LinearProbeResult", "LowShotResult",

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from domainclust.errors import DomainclustError
-from domainclust.store import TileStore
+from domainclust.data.store import TileStore
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from domainclust.errors import DomainclustError
-from domainclust.extract import tile_batches
-from domainclust.store import TileStore
+from domainclust.engine.extract import tile_batches
+from domainclust.data.store import TileStore
 
 FEATURES = "features"  # the clustering feature: fc7 before ReLU (AlexNet/VGG), pooled trunk (ResNet)
 TARGET_DIMS = 9600

@@ -12,7 +12,7 @@ import torch
 from domainclust.device import limit_cpu_threads, resolve_device
 from domainclust.evaluation.data import store_labels
 from domainclust.evaluation.models import Trained, align_store, load_trained
-from domainclust.store import TileStore
+from domainclust.data.store import TileStore
 
 
 @dataclass

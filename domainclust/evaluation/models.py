@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from domainclust.channels import map_channels
+from domainclust.data.channels import map_channels
 from domainclust.errors import DomainclustError
-from domainclust.export import load_backbone, read_checkpoint
-from domainclust.model import DeepClusterNet, ModelSpec
-from domainclust.store import TileStore
+from domainclust.networks.export import load_backbone, read_checkpoint
+from domainclust.networks.model import DeepClusterNet, ModelSpec
+from domainclust.data.store import TileStore
 
 
 @dataclass

@@ -28,7 +28,7 @@ from typing import Any
 from domainclust import config as cfg
 from domainclust.errors import DomainclustError
 from domainclust.evaluation.data import save_split, store_split
-from domainclust.store import TileStore, write_subset
+from domainclust.data.store import TileStore, write_subset
 
 CLAIM_KINDS = ("baseline", "contrast")
 FINETUNE_FILE = Path("eval") / "finetune.json"
@@ -66,7 +66,7 @@ class ReplicationRecipe:
         return str(self.low_shot.get("protocol", "linear"))
 
     def config(self, variant: str, *, store: str) -> cfg.Config:
-        from domainclust.modality import load_recipe
+        from domainclust.data.modality import load_recipe
 
         return cfg.resolve(recipe=load_recipe(self.base),
                            overrides=[*self.overrides, *self.variants[variant], f"store={store}"])
@@ -254,8 +254,8 @@ def run_replication(
     """Ingest the base modality's data once and split it, then pretrain every variant not yet
     measured on the training side (each in RUN/<variant>, resumable), score it on the held-out
     side, and build the claims table."""
-    from domainclust.deepcluster import pretrain
-    from domainclust.modality import get_modality
+    from domainclust.engine.deepcluster import pretrain
+    from domainclust.data.modality import get_modality
 
     run = Path(run_dir)
     chosen = variants or list(recipe.variants)
@@ -283,9 +283,9 @@ def run_replication(
 def measure_low_shot(run_dir: Path, store: Path, *, settings: dict[str, Any],
                      split_path: Path | None = None, log: Callable[[str], None]) -> Path:
     """The low-shot protocol on a variant's checkpoint; writes RUN/eval/finetune.json."""
-    from domainclust.evaluation.fewshot import low_shot
-    from domainclust.evaluation.finetune import FinetuneSettings
-    from domainclust.evaluation.report import write_finetune
+    from domainclust.evaluation.lowshot.fewshot import low_shot
+    from domainclust.evaluation.lowshot.finetune import FinetuneSettings
+    from domainclust.evaluation.results import write_finetune
 
     s = dict(settings)
     result = low_shot(run_dir, store, shots=list(s.pop("shots", [1, 5, 10])),

@@ -16,9 +16,9 @@ from typing import Any
 
 from domainclust.atomic import atomic_write_text
 from domainclust.errors import DomainclustError
-from domainclust.ingest import default_report_path
-from domainclust.modality import get_modality, ingest_options
-from domainclust.store import TileStore
+from domainclust.data.ingest import default_report_path
+from domainclust.data.modality import get_modality, ingest_options
+from domainclust.data.store import TileStore
 from domainclust.replication.layouts import read_split
 
 IMAGE_MODALITY = "rgb"

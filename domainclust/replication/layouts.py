@@ -13,7 +13,7 @@ the `rgb` adapter then ingests (through a `path,label` CSV). Layouts, as the dat
   root or in `filelist_places365-standard/`; images under `data_256/` (or `data_large/`,
   `data_256_standard/`, `data_large_standard/`) and `val_256/` (or `val_large/`).
 - PASCAL VOC 2007: the folder holding `Annotations/`, `ImageSets/Main/`, `JPEGImages/` (given
-  directly, or a `VOCdevkit/` holding `VOC2007/`); read by `domainclust.evaluation.voc`.
+  directly, or a `VOCdevkit/` holding `VOC2007/`); read by `domainclust.evaluation.voc.layout`.
 - PASCAL VOC 2012 segmentation: the folder holding `JPEGImages/`, `SegmentationClass/` and
   `ImageSets/Segmentation/{train,val,trainval}.txt` (or a `VOCdevkit/` holding `VOC2012/`); each
   listed id has `JPEGImages/<id>.jpg` and a palette PNG `SegmentationClass/<id>.png` whose pixel
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from domainclust.errors import DomainclustError
-from domainclust.evaluation.voc import VOC_CLASSES
+from domainclust.evaluation.voc.layout import VOC_CLASSES
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 DEVKIT_NAMES = ("ILSVRC2012_devkit_t12", "devkit", "ILSVRC2012_devkit")

@@ -39,7 +39,7 @@ def write_random_init(checkpoint: Path, out: Path, *, seed: int) -> Path:
 
 def linear_rows(ev: EvaluationRecipe, *, checkpoint: Path, model: str, stores: dict[str, Path],
                 seed: int, device: str, progress: bool) -> tuple[list[Row], dict[str, Any]]:
-    from domainclust.evaluation.heldout import evaluate_linear_heldout
+    from domainclust.evaluation.probes.heldout import evaluate_linear_heldout
 
     s = ev.settings
     result = evaluate_linear_heldout(
@@ -52,7 +52,7 @@ def linear_rows(ev: EvaluationRecipe, *, checkpoint: Path, model: str, stores: d
 
 def mlp_rows(ev: EvaluationRecipe, *, checkpoint: Path, model: str, stores: dict[str, Path],
              seed: int, device: str, progress: bool) -> tuple[list[Row], dict[str, Any]]:
-    from domainclust.evaluation.mlp import evaluate_mlp
+    from domainclust.evaluation.probes.mlp import evaluate_mlp
 
     result = evaluate_mlp(checkpoint, stores[ev.train_split], stores[ev.test_split],
                           settings=ev.settings, seed=seed, device=device, progress=progress)
@@ -61,8 +61,8 @@ def mlp_rows(ev: EvaluationRecipe, *, checkpoint: Path, model: str, stores: dict
 
 def voc_rows(ev: EvaluationRecipe, *, checkpoint: Path, model: str, voc_root: Path, seed: int,
              device: str, log: Callable[[str], None]) -> tuple[list[Row], dict[str, Any]]:
-    from domainclust.evaluation.voc_images import evaluate_voc
-    from domainclust.evaluation.voc_train import VocSettings
+    from domainclust.evaluation.voc.images import evaluate_voc
+    from domainclust.evaluation.voc.protocols import VocSettings
 
     s = ev.settings
     fields = {f.name for f in dataclasses.fields(VocSettings)}
@@ -77,9 +77,9 @@ def low_shot_rows(ev: EvaluationRecipe, *, checkpoint: Path, model: str, store: 
                   out: Path, seed: int, device: str,
                   log: Callable[[str], None]) -> tuple[list[Row], dict[str, Any]]:
     """The low-shot command's experiment; rows read back from the `finetune.json` it writes."""
-    from domainclust.evaluation.fewshot import low_shot
-    from domainclust.evaluation.finetune import FinetuneSettings
-    from domainclust.evaluation.report import write_finetune
+    from domainclust.evaluation.lowshot.fewshot import low_shot
+    from domainclust.evaluation.lowshot.finetune import FinetuneSettings
+    from domainclust.evaluation.results import write_finetune
 
     s = ev.settings
     result = low_shot(checkpoint, store, shots=sorted(set(s.shots)), repeats=s.repeats,

@@ -25,9 +25,9 @@ from typing import Any
 
 from domainclust import config as cfg
 from domainclust.errors import DomainclustError
-from domainclust.evaluation.mlp import MlpSettings
-from domainclust.evaluation.voc_train import VOC_PROTOCOLS, VocSettings
-from domainclust.modality import domain_recipe_names, shipped_recipe
+from domainclust.evaluation.probes.mlp import MlpSettings
+from domainclust.evaluation.voc.protocols import VOC_PROTOCOLS, VocSettings
+from domainclust.data.modality import domain_recipe_names, shipped_recipe
 
 PAPER_FOLDER = "paper"
 PROTOCOLS = ("linear", "mlp", "voc", "low-shot", "segment")

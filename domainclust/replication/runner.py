@@ -89,7 +89,7 @@ def run_recipe(
     log: Callable[[str], None] = print,
 ) -> RecipeRun:
     """Ingest if needed, pretrain (or resume), then every evaluation not yet done."""
-    from domainclust.deepcluster import pretrain
+    from domainclust.engine.deepcluster import pretrain
 
     recipe = load_recipe(name, overrides=overrides)
     if not isinstance(recipe, PretrainRecipe):

@@ -20,9 +20,9 @@ import torch
 from domainclust.atomic import atomic_write, atomic_write_text
 from domainclust.device import resolve_device
 from domainclust.errors import DomainclustError
-from domainclust.evaluation.lowshot_result import load_lowshot
-from domainclust.export import spec_from_dict
-from domainclust.model import ModelSpec, Trunk
+from domainclust.evaluation.lowshot.result import load_lowshot
+from domainclust.networks.export import spec_from_dict
+from domainclust.networks.model import ModelSpec, Trunk
 from domainclust.report.curves import cluster_size_figure, metrics_figure
 from domainclust.report.figures import Figure
 from domainclust.report.filters import filters_figure
@@ -39,7 +39,7 @@ from domainclust.report.page import (
 from domainclust.report.rendering import Renderer, build_renderer
 from domainclust.report.segment import SEGMENT_FILE, load_segment, segment_section
 from domainclust.rundir import RunDir
-from domainclust.store import TileStore
+from domainclust.data.store import TileStore
 
 RENDER_SAMPLE = 256  # tiles that set the display ranges (percentiles)
 

@@ -13,7 +13,7 @@ import torch
 from scipy.signal import convolve2d
 from torch import nn
 
-from domainclust.model import Trunk
+from domainclust.networks.model import Trunk
 from domainclust.report.figures import Figure, grid, png_bytes, pyplot
 
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from domainclust.evaluation.lowshot_result import LowShotResult, Row
+from domainclust.evaluation.lowshot.result import LowShotResult, Row
 from domainclust.report.figures import Figure, png_bytes, pyplot
 
 METHODS = ("pretrained", "random_init", "raw_pixels", "channel_stats")

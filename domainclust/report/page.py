@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 
-from domainclust.evaluation.lowshot_result import LowShotResult, interval
+from domainclust.evaluation.lowshot.result import LowShotResult, interval
 from domainclust.report.figures import Figure
 from domainclust.report.lowshot import method_order
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from domainclust.errors import DomainclustError
-from domainclust.evaluation.lowshot_result import LowShotResult, load_lowshot
+from domainclust.evaluation.lowshot.result import LowShotResult, load_lowshot
 from domainclust.report.page import Section, lowshot_tables, render_page
 from domainclust.report.rendering import Renderer, build_renderer
 from domainclust.segmentation.examples import (

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from domainclust.model import Trunk
+from domainclust.networks.model import Trunk
 
 DECODER_WIDTH = 32
 

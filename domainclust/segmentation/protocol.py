@@ -27,8 +27,8 @@ from domainclust.device import limit_cpu_threads, resolve_device
 from domainclust.errors import DomainclustError
 from domainclust.evaluation.data import store_split
 from domainclust.evaluation.features import read_float_tiles
-from domainclust.evaluation.fewshot import judge
-from domainclust.evaluation.lowshot_result import LowShotResult, Row, interval
+from domainclust.evaluation.lowshot.fewshot import judge
+from domainclust.evaluation.lowshot.result import LowShotResult, Row, interval
 from domainclust.evaluation.models import align_store, fresh_network, load_trained
 from domainclust.evaluation.stats import mean_ci
 from domainclust.evaluation.training import recompute_batchnorm
@@ -49,7 +49,7 @@ from domainclust.segmentation.training import (
     select_and_train,
     tile_folds,
 )
-from domainclust.store import TileStore
+from domainclust.data.store import TileStore
 
 NETWORKS = ("random_init", "pretrained")
 METHODS = (*BASELINES, *NETWORKS)
@@ -315,7 +315,7 @@ def write_segment(result: LowShotResult, out_dir: Path | str) -> dict[str, Path]
     """segment.json and segment.csv in `out_dir`; with the result's examples also
     segment_examples.npz and segment_examples.html (the overlays and the table, one page)."""
     from domainclust.atomic import atomic_write_text
-    from domainclust.evaluation.report import finetune_csv, write_json
+    from domainclust.evaluation.results import finetune_csv, write_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -36,9 +36,10 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from domainclust.errors import DomainclustError
-from domainclust.ingest import MaskLayout, Skip, SourceItem, TileBatch, run_ingest, store_key
-from domainclust.modality import Modality
-from domainclust.store import StoreSpec, mask_dtype_for
+from domainclust.data.ingest import run_ingest, store_key
+from domainclust.data.ingest_item import MaskLayout, Skip, SourceItem, TileBatch
+from domainclust.data.modality import Modality
+from domainclust.data.store import StoreSpec, mask_dtype_for
 from domainclust.modalities.geo.options import DEFAULTS, BandRequest, GeoOptions, parse_options
 from domainclust.modalities.geo.reader import (
     BlockRead, open_scene, read_block, scene_has_valid_pixel,
@@ -86,7 +87,7 @@ class Layout:
 
 
 class GeoTiffAdapter:
-    """The `Adapter` of domainclust.ingest for georeferenced multi-band rasters (stateless)."""
+    """The `Adapter` of domainclust.data.ingest for georeferenced multi-band rasters (stateless)."""
 
     def discover(self, sources: list[Path], options: dict[str, Any]) -> list[SourceItem]:
         opts = parse_options(options)

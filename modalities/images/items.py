@@ -17,7 +17,7 @@ import numpy as np
 
 from domainclust.config import build_dataclass
 from domainclust.errors import DomainclustError
-from domainclust.ingest import Skip, SourceItem, TileBatch
+from domainclust.data.ingest_item import Skip, SourceItem, TileBatch
 
 T = TypeVar("T")
 K = TypeVar("K")

@@ -29,9 +29,10 @@ from typing import Any
 import numpy as np
 
 from domainclust.errors import DomainclustError
-from domainclust.ingest import SourceItem, TileBatch, run_ingest
-from domainclust.modality import Modality
-from domainclust.store import StoreSpec
+from domainclust.data.ingest import run_ingest
+from domainclust.data.ingest_item import SourceItem, TileBatch
+from domainclust.data.modality import Modality
+from domainclust.data.store import StoreSpec
 from domainclust.modalities.images.decode import UnreadableFile, decode_rgb, is_image, square_tile, walk_files
 from domainclust.modalities.images.items import (
     Entry,

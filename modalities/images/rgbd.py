@@ -42,9 +42,10 @@ import numpy as np
 from PIL import Image
 
 from domainclust.errors import DomainclustError
-from domainclust.ingest import SourceItem, TileBatch, run_ingest
-from domainclust.modality import Modality
-from domainclust.store import StoreSpec
+from domainclust.data.ingest import run_ingest
+from domainclust.data.ingest_item import SourceItem, TileBatch
+from domainclust.data.modality import Modality
+from domainclust.data.store import StoreSpec
 from domainclust.modalities.images.decode import (
     IMAGE_EXTENSIONS,
     UnreadableFile,

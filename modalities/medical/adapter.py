@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from domainclust.errors import DomainclustError
-from domainclust.ingest import MaskLayout, Skip, SourceItem, TileBatch
-from domainclust.salt import installation_salt
-from domainclust.store import StoreSpec, mask_dtype_for
+from domainclust.data.ingest_item import MaskLayout, Skip, SourceItem, TileBatch
+from domainclust.data.salt import installation_salt
+from domainclust.data.store import StoreSpec, mask_dtype_for
 from domainclust.modalities.medical.dicom import group_series
 from domainclust.modalities.medical.dicom_seg import OVERLAP_MODES, load_seg_mask, seg_classes
 from domainclust.modalities.medical.masks import (

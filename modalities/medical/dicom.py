@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from domainclust.ingest import SourceItem
+from domainclust.data.ingest_item import SourceItem
 from domainclust.modalities.medical.mosaic import is_mosaic
 from domainclust.modalities.medical.multiframe import number_of_frames
 from domainclust.modalities.medical.slices import same_orientation

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pydicom
 
-from domainclust.ingest import Skip, SourceItem
+from domainclust.data.ingest_item import Skip, SourceItem
 from domainclust.modalities.medical.volume import Volume, hashed, scrub
 
 SEG_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation Storage

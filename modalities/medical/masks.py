@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from domainclust.errors import DomainclustError
-from domainclust.ingest import Skip, SourceItem
+from domainclust.data.ingest_item import Skip, SourceItem
 from domainclust.modalities.medical.dicom_seg import (
     find_segs,
     is_seg,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-from domainclust.ingest import Skip
+from domainclust.data.ingest_item import Skip
 from domainclust.modalities.medical.slices import (
     Slice,
     SliceGeometry,

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from domainclust.errors import DomainclustError
-from domainclust.ingest import Skip, run_ingest
-from domainclust.modality import Modality
+from domainclust.data.ingest import run_ingest
+from domainclust.data.ingest_item import Skip
+from domainclust.data.modality import Modality
 from domainclust.modalities.medical.adapter import COMMON_DEFAULTS, MedicalAdapter, TileOptions, parse_common
 from domainclust.modalities.medical.volume import Volume
 

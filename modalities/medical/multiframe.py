@@ -16,7 +16,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from domainclust.ingest import Skip
+from domainclust.data.ingest_item import Skip
 from domainclust.modalities.medical.slices import (
     Slice,
     fallback_step,

@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations
 
-from domainclust.ingest import Skip
+from domainclust.data.ingest_item import Skip
 from domainclust.modalities.medical.volume import Volume, scrub
 
 SUFFIXES = (".nii", ".nii.gz")

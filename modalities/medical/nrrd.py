@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from domainclust.ingest import Skip
+from domainclust.data.ingest_item import Skip
 from domainclust.modalities.medical.nifti import axial_volume
 from domainclust.modalities.medical.volume import Volume, scrub
 

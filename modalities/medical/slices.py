@@ -21,7 +21,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, pixel_array
 
-from domainclust.ingest import Skip
+from domainclust.data.ingest_item import Skip
 from domainclust.modalities.medical.truncation import read_dataset
 from domainclust.modalities.medical.volume import (
     DUPLICATE_MM,

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from numpy.lib.stride_tricks import sliding_window_view
 
-from domainclust.ingest import Skip
+from domainclust.data.ingest_item import Skip
 
 
 def resampled_shape(

@@ -22,7 +22,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from domainclust.ingest import Skip
+from domainclust.data.ingest_item import Skip
 from domainclust.modalities.medical.volume import scrub
 
 UNDEFINED_LENGTH = 0xFFFFFFFF

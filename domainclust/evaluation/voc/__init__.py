@@ -1,0 +1,1 @@
+"""PASCAL VOC 2007 classification: the layout reader, images, protocols."""
