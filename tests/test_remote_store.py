@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from domainclust import deepcluster, remote
+from domainclust.engine import deepcluster
+from domainclust.data import remote
 from domainclust.config import resolve
 from domainclust.errors import DomainclustError
 from domainclust.engine.staging import stage_tiles
