@@ -204,10 +204,11 @@ class Server:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def stop(self) -> None:
-        if self.httpd is not None:
-            self.httpd.shutdown()
-            self.httpd.server_close()
-            self.httpd = None
+        # several handler threads may stop the server at once: one of them takes it
+        httpd, self.httpd = self.httpd, None
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
 
 
 def test_a_server_that_dies_mid_read_ends_pretraining_in_one_line_naming_the_url(
