@@ -176,6 +176,7 @@ class Server:
         self.root, self.port, self.serve_chunks = root, free_port(), serve_chunks
         self.chunk_gets = 0
         self.httpd: ThreadingHTTPServer | None = None
+        self.stopping = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -204,8 +205,8 @@ class Server:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def stop(self) -> None:
-        # several handler threads may stop the server at once: one of them takes it
-        httpd, self.httpd = self.httpd, None
+        with self.stopping:  # several handler threads may stop it at once: one takes it
+            httpd, self.httpd = self.httpd, None
         if httpd is not None:
             httpd.shutdown()
             httpd.server_close()
