@@ -130,3 +130,16 @@ def resize_plane(plane: np.ndarray, size: int) -> np.ndarray:
     image = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32))
     out = image.resize((size, size), Image.Resampling.BILINEAR, box=centre_square(w, h))
     return np.asarray(out, dtype=np.float32)
+
+
+def square_mask(mask: np.ndarray, size: int, *, full_size: tuple[int, int]) -> np.ndarray:
+    """(size, size) int16 tile of a (H, W) class-id mask (negative: unlabelled), cut from the
+    same centre square as its image's tile (`square_tile`) but with nearest neighbour, so no id
+    is ever blended; refused (UnreadableFile) when the mask is not the image's size."""
+    width, height = full_size
+    if mask.shape != (height, width):
+        raise UnreadableFile(f"mask is {mask.shape[1]}x{mask.shape[0]} px, its image "
+                             f"{width}x{height}")
+    image = Image.fromarray(np.ascontiguousarray(mask, dtype=np.int32))
+    out = image.resize((size, size), Image.Resampling.NEAREST, box=centre_square(width, height))
+    return np.asarray(out).astype(np.int16)

@@ -113,9 +113,11 @@ def finish_batch(
     meta: dict[str, np.ndarray],
     failed: list[tuple[int, str]],
     dtype: str,
+    masks: list[np.ndarray] | None = None,
 ) -> TileBatch:
     """The item's TileBatch; `failed` holds (index in the item's paths of the file at fault,
-    reason) per entry that gave no tile, so a pair names the file that is bad. An item of one
+    reason) per entry that gave no tile, so a pair names the file that is bad; `masks`, when
+    the item keeps them, one (H, W) class-id mask per tile. An item of one
     file that failed is skipped (a re-run retries it); otherwise the failed files are listed
     and the item is committed with the tiles of the rest."""
     if not tiles and len(item.paths) == 1:
@@ -126,6 +128,7 @@ def finish_batch(
     return TileBatch(
         tiles=np.stack(tiles).astype(dtype, copy=False),
         labels=None if labels is None else np.asarray([labels[i] for i in kept], np.int64),
+        masks=None if masks is None else np.stack(masks),
         meta=meta,
         skipped_tiles=len(failed),
         skipped_files=list(failed),

@@ -15,6 +15,15 @@ the CSV's folder); integer labels are kept, names are numbered in sorted order. 
 does not list are skipped and reported. Each image becomes one `tile_size` tile: shorter side
 scaled to `tile_size`, centre kept (see `modalities.images.decode`). Tiles are uint8, read as
 `value / 255`.
+
+`masks=FOLDER` keeps a per-pixel class mask beside every tile: `FOLDER/<image stem>.png`, an
+8-bit palette or grayscale PNG whose pixel values are the class ids and 255 the unlabelled
+(void) pixels, as PASCAL VOC's `SegmentationClass/`. It is cut from the same centre square as
+its image with nearest neighbour; an image without a mask, or whose mask is not its size, is
+skipped and reported. `mask_classes=auto` names the classes as VOC does (background and the 20
+VOC classes) when the source is a VOC folder, `voc` always, `none` never (ids only).
+`voc_split=Segmentation/train` reads the ids of `ImageSets/Segmentation/train.txt` instead of
+`ImageSets/Main/`.
 """
 
 from __future__ import annotations
@@ -29,11 +38,19 @@ from typing import Any
 import numpy as np
 
 from domainclust.errors import DomainclustError
+from domainclust.replication.layouts import VOC_SEGMENTATION_CLASSES, VOC_VOID, read_voc_mask
 from domainclust.data.ingest import run_ingest
-from domainclust.data.ingest_item import SourceItem, TileBatch
+from domainclust.data.ingest_item import MaskLayout, SourceItem, TileBatch
 from domainclust.data.modality import Modality
 from domainclust.data.store import StoreSpec
-from domainclust.modalities.images.decode import UnreadableFile, decode_rgb, is_image, square_tile, walk_files
+from domainclust.modalities.images.decode import (
+    UnreadableFile,
+    decode_rgb,
+    is_image,
+    square_mask,
+    square_tile,
+    walk_files,
+)
 from domainclust.modalities.images.items import (
     Entry,
     class_names,
@@ -49,6 +66,8 @@ from domainclust.modalities.images.items import (
 
 CHANNELS = ("red", "green", "blue")
 LABEL_MODES = ("auto", "folders", "none")
+MASK_CLASS_MODES = ("auto", "voc", "none")
+MASK_SUFFIX = ".png"
 Labels = dict[Path, tuple[int, str]]  # image → (label, class name)
 
 
@@ -58,13 +77,19 @@ class RgbOptions:
 
     tile_size: int = 64  # tile side in pixels
     labels: str = "auto"  # auto | folders | none | path to a `path,label` CSV
-    voc_split: str | None = None  # VOC only: ImageSets/Main/<split>.txt ids (e.g. trainval)
+    voc_split: str | None = None  # VOC only: ImageSets/Main/<split>.txt ids (e.g. trainval),
+    # or ImageSets/<set>/<split>.txt for `<set>/<split>` (e.g. Segmentation/train)
+    masks: str | None = None  # folder of <image stem>.png class-id masks (255: unlabelled)
+    mask_classes: str = "auto"  # auto (VOC's names for a VOC source) | voc | none
     fast_jpeg: bool = True  # let libjpeg decode large JPEGs at 1/2..1/8 scale (≥ 2× the tile)
     group_size: int = 64  # images per work item
 
     def __post_init__(self) -> None:
         positive(self.tile_size, "rgb option tile_size")
         positive(self.group_size, "rgb option group_size")
+        if self.mask_classes not in MASK_CLASS_MODES:
+            raise DomainclustError(f"rgb option mask_classes: expected one of "
+                                   f"{', '.join(MASK_CLASS_MODES)}, got {self.mask_classes!r}")
         if self.labels not in LABEL_MODES and not self.labels.lower().endswith(".csv"):
             raise DomainclustError(
                 f"rgb option labels: expected one of {', '.join(LABEL_MODES)} or a .csv file, "
@@ -82,6 +107,8 @@ class _Image:
 class RgbAdapter:
     """Adapter for image folders; stateless, so it pickles into spawned workers."""
 
+    untracked_options = ("masks",)  # a path; whether masks are kept is in the store's layout
+
     def discover(self, sources: list[Path], options: dict[str, Any]) -> list[SourceItem]:
         opts = parse_options(RgbOptions, options, modality="rgb")
         roots, split_ids = _roots(sources, voc_split=opts.voc_split)
@@ -94,19 +121,37 @@ class RgbAdapter:
             )
         names = root_names(roots)
         labels, problems = _labels(images, opts.labels, voc=_is_voc(roots))
+        mask_dir = _mask_dir(opts.masks)
         entries, unlisted = [], []
         for img in images:
             name = f"{names[img.root]}/{img.rel}" if img.rel else names[img.root]
+            paths: tuple[Path, ...] = (img.path,)
+            if mask_dir is not None:
+                mask = mask_dir / f"{img.path.stem}{MASK_SUFFIX}"
+                if not mask.is_file():
+                    unlisted.append(skipped_item(name, f"no mask {mask.name} in {mask_dir}"))
+                    continue
+                paths = (img.path, mask)
             if labels is None:
-                entries.append(Entry(name=name, paths=(img.path,)))
+                entries.append(Entry(name=name, paths=paths))
             elif img.path in labels:
                 label, class_name = labels[img.path]
-                entries.append(Entry(name=name, paths=(img.path,), label=label,
-                                     label_name=class_name))
+                entries.append(Entry(name=name, paths=paths, label=label, label_name=class_name))
             else:
                 unlisted.append(skipped_item(name, f"not listed in {opts.labels}"))
         items = group_entries(entries, group_size=opts.group_size)
+        for item in items:
+            classes = _mask_class_names(opts, voc=_is_voc(roots))
+            item.info["mask_classes"] = None if classes is None else list(classes)
         return items + unlisted + [skipped_item(name, reason) for name, reason in problems]
+
+    def mask_layout(self, items: list[SourceItem], options: dict[str, Any]) -> MaskLayout | None:
+        opts = parse_options(RgbOptions, options, modality="rgb")
+        if opts.masks is None:
+            return None
+        classes = next((item.info["mask_classes"] for item in items
+                        if "mask_classes" in item.info), None)
+        return MaskLayout(dtype="uint8", classes=None if classes is None else list(classes))
 
     def has_labels(self, items: list[SourceItem], options: dict[str, Any]) -> bool:
         return any(item.info.get("labels") is not None for item in items)
@@ -117,6 +162,9 @@ class RgbAdapter:
             "adapter": "rgb", "tile": "shorter side scaled to tile_size, centre square, bilinear",
             "labels": opts.labels, "fast_jpeg": opts.fast_jpeg,
         }
+        if opts.masks is not None:
+            provenance["masks"] = "<stem>.png class ids beside each image, nearest neighbour"
+
         classes = class_names(items)
         if classes is not None:
             provenance["classes"] = classes
@@ -126,14 +174,24 @@ class RgbAdapter:
 
     def read(self, item: SourceItem, options: dict[str, Any]) -> TileBatch:
         opts = parse_options(RgbOptions, options, modality="rgb")
-        tiles, kept, failed = [], [], []
+        tiles, masks, kept, failed = [], [], [], []
         meta: dict[str, list[Any]] = {"position": [], "image_size": [], "item_index": []}
-        for i, _, (path,) in entries_of(item):
+        classes = item.info.get("mask_classes")
+        width = item.info.get("width", 1)
+        for i, _, (path, *mask_path) in entries_of(item):
             try:
                 image = decode_rgb(path, reduce_for=opts.tile_size if opts.fast_jpeg else None)
             except UnreadableFile as exc:
-                failed.append((i, str(exc)))
+                failed.append((i * width, str(exc)))
                 continue
+            if mask_path:
+                try:
+                    mask = read_voc_mask(mask_path[0], n_classes=len(classes) if classes
+                                         else VOC_VOID)
+                    masks.append(square_mask(mask, opts.tile_size, full_size=image.full_size))
+                except (DomainclustError, UnreadableFile) as exc:
+                    failed.append((i * width + 1, str(exc)))
+                    continue
             tile, box = square_tile(image, opts.tile_size)
             tiles.append(tile)
             kept.append(i)
@@ -144,7 +202,7 @@ class RgbAdapter:
                   "image_size": np.asarray(meta["image_size"], np.int32).reshape(-1, 2),
                   "item_index": np.asarray(meta["item_index"], np.int32)}
         return finish_batch(item, options, tiles=tiles, kept=kept, meta=arrays, failed=failed,
-                            dtype="uint8")
+                            dtype="uint8", masks=masks if opts.masks is not None else None)
 
 
 def _roots(sources: list[Path], *, voc_split: str | None) -> tuple[list[Path], dict[int, set[str]]]:
@@ -165,6 +223,22 @@ def _roots(sources: list[Path], *, voc_split: str | None) -> tuple[list[Path], d
     return roots, splits
 
 
+def _mask_dir(masks: str | None) -> Path | None:
+    if masks is None:
+        return None
+    folder = Path(masks)
+    if not folder.is_dir():
+        raise DomainclustError(f"rgb option masks={masks}: no such folder (it should hold a "
+                               f"<image name>{MASK_SUFFIX} class-id mask per image)")
+    return folder
+
+
+def _mask_class_names(opts: RgbOptions, *, voc: bool) -> tuple[str, ...] | None:
+    if opts.mask_classes == "voc" or (opts.mask_classes == "auto" and voc):
+        return VOC_SEGMENTATION_CLASSES
+    return None
+
+
 def _voc_image_dirs(folder: Path) -> list[Path]:
     if folder.name == "JPEGImages":
         return [folder]
@@ -180,7 +254,8 @@ def _is_voc(roots: list[Path]) -> bool:
 
 
 def _voc_ids(year_dir: Path, split: str) -> set[str]:
-    path = year_dir / "ImageSets" / "Main" / f"{split}.txt"
+    path = year_dir / "ImageSets" / (split if "/" in split else f"Main/{split}")
+    path = path.with_name(f"{path.name}.txt")
     if not path.is_file():
         raise DomainclustError(f"voc_split={split}: {path} not found; use a split listed there")
     return {line.split()[0] for line in path.read_text().splitlines() if line.strip()}
