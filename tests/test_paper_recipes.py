@@ -103,8 +103,9 @@ def test_voc12_segmentation_recipe_carries_the_papers_two_rows(tmp_path: Path) -
     assert listed.exit_code == 0 and "voc12-segment" in listed.output
     shown = yaml.safe_load(CliRunner().invoke(app, ["recipe", "show", "voc12-segment"]).output)
     assert shown["paper"]["km-ImNet-Sob"]["all"] == 45.1
-    # `recipe run` reports it as skipped with the reason, even with the data given.
-    assert "finetune --task segment" in not_runnable(recipe, {"voc2012": Path(".")})
+    # `recipe run` runs it once the data is given, and says which --data it lacks otherwise.
+    assert not_runnable(recipe, {"voc2012": Path(".")}) is None
+    assert "--data voc2012=PATH" in not_runnable(recipe, {})
     values = yaml.safe_load((RECIPES / "voc12-segment.yaml").read_text())
     bad = {**values, "settings": {**values["settings"], "layers": ["conv5"]}}
     with pytest.raises(DomainclustError, match="settings.layers must list some of fc6-8, all"):

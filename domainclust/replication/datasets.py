@@ -2,8 +2,10 @@
 
 The layout reader lists the split's images and labels; they go to the `rgb` adapter as a
 `path,label` CSV (labels numbered by the dataset's own class order, so train and val agree).
-A store is named by dataset, split and a digest of the ingest options, and reused when its
-ingest finished; an interrupted ingest resumes.
+VOC2012 segmentation goes to the adapter as its folder with `voc_split=Segmentation/<split>`
+and `masks=` its `SegmentationClass/`, so every tile keeps its mask (VOC's class names, void
+unlabelled). A store is named by dataset, split and a digest of the ingest options, and reused
+when its ingest finished; an interrupted ingest resumes.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from domainclust.errors import DomainclustError
 from domainclust.data.ingest import default_report_path
 from domainclust.data.modality import get_modality, ingest_options
 from domainclust.data.store import TileStore
-from domainclust.replication.layouts import read_split
+from domainclust.replication.layouts import LabelledImages, read_split, voc2012_segmentation
 
 IMAGE_MODALITY = "rgb"
 
@@ -53,23 +55,31 @@ def prepare_store(
     store = data_dir / f"{name}.zarr"
     if _complete(store):
         return store
-    images = read_split(dataset, root, split)
-    labelled = any(label >= 0 for label in images.labels)
-    settings = dict(options)
-    if labelled:
-        csv_path = data_dir / f"{name}.csv"
-        atomic_write_text(csv_path, images.labels_csv())
-        settings["labels"] = str(csv_path)
+    if dataset == "voc2012":
+        images = voc2012_segmentation(root, split)  # refuses a split or file that is missing
+        count, source = len(images), images.root
+        settings = {**options, "labels": "none", "voc_split": f"Segmentation/{split}",
+                    "masks": str(images.masks[0].parent)}
     else:
-        settings["labels"] = "none"
+        listed = read_split(dataset, root, split)
+        count, source = len(listed), listed.root
+        settings = {**options, "labels": _labels_option(listed, data_dir / f"{name}.csv")}
     modality = get_modality(IMAGE_MODALITY)
     try:
         resolved = ingest_options(modality, [f"{k}={v}" for k, v in settings.items()])
     except DomainclustError as exc:
         raise DomainclustError(f"ingest options of {dataset}: {exc}") from None
-    log(f"ingesting {len(images)} {dataset} {split} images from {images.root} into {store}")
-    report = modality.ingest([images.root], store, options=resolved, workers=workers,
+    log(f"ingesting {count} {dataset} {split} images from {source} into {store}")
+    report = modality.ingest([source], store, options=resolved, workers=workers,
                              progress=progress)
     if report["skipped"]:
         log(f"  {len(report['skipped'])} item(s) skipped, see {default_report_path(store)}")
     return store
+
+
+def _labels_option(images: LabelledImages, csv_path: Path) -> str:
+    """The rgb `labels=` of a split: its `path,label` CSV, written beside the store, or none."""
+    if not any(label >= 0 for label in images.labels):
+        return "none"
+    atomic_write_text(csv_path, images.labels_csv())
+    return str(csv_path)

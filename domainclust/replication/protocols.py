@@ -13,9 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from domainclust.atomic import atomic_write
+from domainclust.data.store import TileStore
 from domainclust.errors import DomainclustError
 from domainclust.evaluation.models import fresh_network, load_trained
 from domainclust.replication.recipes import EvaluationRecipe
@@ -89,6 +91,79 @@ def low_shot_rows(ev: EvaluationRecipe, *, checkpoint: Path, model: str, store: 
     paths = write_finetune(result, out)
     values = _read_json(paths["json"])
     return finetune_rows(values, model=model), values
+
+
+def segment_rows(ev: EvaluationRecipe, *, checkpoint: Path, model: str, stores: dict[str, Path],
+                 seed: int, device: str,
+                 log: Callable[[str], None]) -> tuple[list[Row], dict[str, Any]]:
+    """A decoder on the network's trunk trained on every masked tile of the train split (its
+    learning rate and length chosen by inner cross-validation on them, as `finetune --task
+    segment` does), scored by mIoU over the test split's labelled pixels; one row per entry of
+    `layers` (`fc6-8`: the trunk frozen, `all`: every layer trained). Tiles are read at the
+    store's size, so each keeps its mask pixel for pixel."""
+    import copy
+
+    from domainclust.device import limit_cpu_threads, resolve_device
+    from domainclust.evaluation.models import align_store
+    from domainclust.replication.recipes import SEGMENT_LAYERS
+    from domainclust.segmentation.decoder import SegmentationNet
+    from domainclust.segmentation.metrics import confusion, scores
+    from domainclust.segmentation.protocol import POOL_TILES, frozen_trunk
+    from domainclust.segmentation.training import SegmentSettings, predict_masks, select_and_train
+
+    s = ev.settings
+    limit_cpu_threads()
+    dev = resolve_device(device)
+    trained = load_trained(checkpoint, device=dev)
+    train, test = (align_store(trained.spec, TileStore(stores[split]), source=trained.source,
+                               log=log) for split in (ev.train_split, ev.test_split))
+    x, y = _masked_tiles(train)
+    x_test, y_test = _masked_tiles(test)
+    names = _mask_classes(train, test, top=int(max(y.max(initial=0), y_test.max(initial=0))))
+    k = len(names)
+    settings = SegmentSettings(lrs=tuple(s.lrs), steps=tuple(s.steps), batch_size=s.batch_size,
+                               flip=s.flip, default_lr=s.lrs[0], default_steps=s.steps[0])
+    pool = x[np.random.default_rng(seed).permutation(len(x))[:POOL_TILES]]
+    rows, values = [], {}
+    for layer in s.layers:
+        frozen = SEGMENT_LAYERS[layer] == "frozen"
+        base = frozen_trunk(trained.model, pool) if frozen else trained.model
+
+        def make_net(base: torch.nn.Module = base, frozen: bool = frozen) -> SegmentationNet:
+            torch.manual_seed(seed)  # the decoder's initialisation
+            trunk = base if frozen else copy.deepcopy(base)
+            return SegmentationNet(trunk, n_classes=k,
+                                   width=settings.decoder_width).to(dev)
+
+        net, picked = select_and_train(make_net, x, y, n_classes=k, frozen=frozen,
+                                       settings=settings, seed=seed)
+        scored = scores(confusion(y_test, predict_masks(net, x_test), n_classes=k), names=names)
+        rows.append({"model": model, "row": layer, "value": 100 * scored["miou"]})
+        values[layer] = {**scored, "choice": picked}
+    return rows, {"classes": names, "train_tiles": len(x), "test_tiles": len(x_test),
+                  "layers": values}
+
+
+def _mask_classes(train: TileStore, test: TileStore, *, top: int) -> list[str]:
+    """The class names of the train store's masks, which the test store must share (ids up
+    to `top` when the stores name none)."""
+    if train.mask_classes != test.mask_classes:
+        raise DomainclustError(f"stores {train.path} and {test.path} name their mask classes "
+                               "differently")
+    return list(train.mask_classes or [str(c) for c in range(top + 1)])
+
+
+def _masked_tiles(store: TileStore) -> tuple[torch.Tensor, np.ndarray]:
+    """Every tile of `store` (float, at its own size) and its mask (class ids, -1 unlabelled)."""
+    from domainclust.evaluation.features import read_float_tiles
+
+    if not store.has_masks:
+        raise DomainclustError(f"store {store.path} has no masks; a segmentation evaluation "
+                               "needs stores ingested with their masks")
+    every = np.arange(store.n)
+    raw = store.read_masks(every).astype(np.int64)
+    masks = np.where(raw == store.mask_ignore, -1, raw)
+    return read_float_tiles(store, every, tile_size=store.tile_size), masks
 
 
 def finetune_rows(values: dict[str, Any], *, model: str) -> list[Row]:

@@ -244,14 +244,20 @@ def parse_recipe(values: dict[str, Any], *, source: str, overrides: list[str] | 
 def build_settings(protocol: str, values: dict[str, Any], *, overrides: list[str],
                    source: str) -> Any:
     """The protocol's settings from the recipe's mapping plus the `key=value` overrides that
-    name one of its fields (others are for other protocols and are ignored here)."""
+    name one of its fields (others are for other protocols and are ignored here). A single
+    value given for a list field is that one-element list, so `steps=2` sets both a protocol's
+    step count and another's grid of step counts."""
     cls = SETTINGS[protocol]
+    lists = {f.name for f in dataclasses.fields(cls) if f.default_factory is not
+             dataclasses.MISSING and isinstance(f.default_factory(), list)}
     names = {f.name for f in dataclasses.fields(cls)}
     values = dict(values)
     for item in overrides:
         key, _, raw = item.partition("=")
         if key.strip() in names:
-            values[key.strip()] = cfg.parse_value(raw)
+            value = cfg.parse_value(raw)
+            lifted = key.strip() in lists and value is not None and not isinstance(value, list)
+            values[key.strip()] = [value] if lifted else value
     try:
         settings = cfg.build_dataclass(cls, values, where="settings.")
     except DomainclustError as exc:

@@ -139,9 +139,6 @@ def run_recipe(
 
 def not_runnable(ev: EvaluationRecipe, paths: dict[str, Path]) -> str | None:
     """Why `recipe run` cannot run `ev` now (it is then skipped and reported), else None."""
-    if ev.protocol == "segment":
-        return (f"`recipe run` does not build a {ev.dataset} store of images with their masks; "
-                "score it with `domainclust finetune --task segment` on such a store")
     if ev.dataset not in paths:
         return f"no --data {ev.dataset}=PATH given"
     return None
@@ -182,9 +179,15 @@ def _evaluate(ev: EvaluationRecipe, *, run: Path, model: str, seed: int, device:
         else:
             stores = {split: store(ev.dataset, split, ev.ingest)
                       for split in (ev.train_split, ev.test_split)}
-            run_protocol = protocols.linear_rows if ev.protocol == "linear" else protocols.mlp_rows
-            r, values = run_protocol(ev, checkpoint=checkpoint, model=name, stores=stores,
-                                     seed=seed, device=device, progress=progress)
+            if ev.protocol == "segment":
+                r, values = protocols.segment_rows(ev, checkpoint=checkpoint, model=name,
+                                                   stores=stores, seed=seed, device=device,
+                                                   log=log)
+            else:
+                run_protocol = (protocols.linear_rows if ev.protocol == "linear"
+                                else protocols.mlp_rows)
+                r, values = run_protocol(ev, checkpoint=checkpoint, model=name, stores=stores,
+                                         seed=seed, device=device, progress=progress)
         for row in r:
             log(f"  {row['model']:>16s} {row['row']:>20s} {row['value']:6.2f}")
         rows += r
