@@ -140,12 +140,14 @@ def select_and_train(
     frozen: bool, settings: SegmentSettings, seed: int,
 ) -> tuple[SegmentationNet, dict[str, object]]:
     """Pick (lr, steps) by mean inner-CV mIoU over the shot tiles, then train a fresh
-    `make_net()` on every shot."""
+    `make_net()` on every shot. A grid of one (lr, steps) is used as it is: nothing to pick."""
     s = settings
     yt = torch.as_tensor(y, dtype=torch.int64)
     folds = tile_folds(len(x), folds=s.folds, seed=seed)
     lr, steps, validated = s.default_lr, s.default_steps, False
-    if folds:
+    if len(s.lrs) == len(s.steps) == 1:
+        lr, steps = s.lrs[0], s.steps[0]
+    elif folds:
         table = np.zeros((len(s.lrs), len(s.steps)))
         for tr, va in folds:
             def held_out(net: SegmentationNet, va: np.ndarray = va) -> float:
