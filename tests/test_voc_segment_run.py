@@ -63,7 +63,7 @@ def test_a_missing_or_misfit_mask_skips_its_image_alone(tmp_path: Path) -> None:
         "tile_size=16", f"masks={folder}", "voc_split=Segmentation/train"])
     assert store.n == 1 and store.read_masks(np.arange(1)).shape == (1, 16, 16)
     reasons = " ".join(str(entry) for entry in report["skipped"])
-    assert "no mask 2007_000001.png" in reasons and "mask is 10x10 px" in reasons
+    assert "no mask 2007_000001.png in the masks folder" in reasons and "mask is 10x10 px" in reasons
 
 
 def test_the_dataset_builder_makes_voc2012_stores_with_masks(tmp_path: Path) -> None:

@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 
 from domainclust.errors import DomainclustError
-from domainclust.replication.layouts import VOC_SEGMENTATION_CLASSES, VOC_VOID, read_voc_mask
 from domainclust.data.ingest import run_ingest
 from domainclust.data.ingest_item import MaskLayout, SourceItem, TileBatch
 from domainclust.data.modality import Modality
@@ -51,6 +50,7 @@ from domainclust.modalities.images.decode import (
     square_tile,
     walk_files,
 )
+from domainclust.replication.layouts import VOC_SEGMENTATION_CLASSES, VOC_VOID, read_voc_mask
 from domainclust.modalities.images.items import (
     Entry,
     class_names,
@@ -129,7 +129,8 @@ class RgbAdapter:
             if mask_dir is not None:
                 mask = mask_dir / f"{img.path.stem}{MASK_SUFFIX}"
                 if not mask.is_file():
-                    unlisted.append(skipped_item(name, f"no mask {mask.name} in {mask_dir}"))
+                    unlisted.append(skipped_item(name, f"no mask {mask.name} in the masks "
+                                                       "folder"))
                     continue
                 paths = (img.path, mask)
             if labels is None:
@@ -140,8 +141,8 @@ class RgbAdapter:
             else:
                 unlisted.append(skipped_item(name, f"not listed in {opts.labels}"))
         items = group_entries(entries, group_size=opts.group_size)
+        classes = _mask_class_names(opts, voc=_is_voc(roots))
         for item in items:
-            classes = _mask_class_names(opts, voc=_is_voc(roots))
             item.info["mask_classes"] = None if classes is None else list(classes)
         return items + unlisted + [skipped_item(name, reason) for name, reason in problems]
 
@@ -164,7 +165,6 @@ class RgbAdapter:
         }
         if opts.masks is not None:
             provenance["masks"] = "<stem>.png class ids beside each image, nearest neighbour"
-
         classes = class_names(items)
         if classes is not None:
             provenance["classes"] = classes
