@@ -643,7 +643,7 @@ class TileStore:
         hold `mask_ignore`), reading each touched chunk once."""
         if not self.has_masks:
             raise DomainclustError(f"store {self.path} has no masks; ingest it with masks "
-                                   "(e.g. geotiff labels=..., ct/mri masks=...)")
+                                   "(e.g. geotiff labels=..., ct/mri/rgb masks=...)")
         indices = np.asarray(indices, dtype=np.int64)
         if len(indices) and (indices.min() < 0 or indices.max() >= self.n):
             raise DomainclustError(f"tile index out of range for {self.path} ({self.n} tiles)")

@@ -73,7 +73,7 @@ def class_masks(store: TileStore, *, min_pixels: int = 0) -> tuple[np.ndarray, n
     if not store.has_masks:
         raise DomainclustError(
             f"store {store.path} has no masks; `--task segment` needs a store ingested with "
-            "masks (geotiff labels=..., ct/mri masks=...)")
+            "masks (geotiff labels=..., ct/mri/rgb masks=...)")
     raw = store.read_masks(np.arange(store.n)).astype(np.int64)
     labelled = raw != store.mask_ignore
     classes, counts = np.unique(raw[labelled], return_counts=True)
