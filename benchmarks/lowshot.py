@@ -1,5 +1,5 @@
 """Shared driver of the low-shot benchmarks: recipe variants pretrained on a pool of unlabelled
-tiles and scored by `domainclust finetune`'s protocol on a fixed split."""
+tiles and scored by `domainclust finetune`'s protocols (linear, knn) on a fixed split."""
 
 from __future__ import annotations
 
@@ -47,11 +47,17 @@ def parse_variants(items: list[str], *, common: str = "") -> dict[str, list[str]
     return variants
 
 
+def eval_dir(run: Path, protocol: str) -> Path:
+    """Where a run's low-shot result of `protocol` goes (the linear one in `eval`)."""
+    return run / ("eval" if protocol == "linear" else f"eval-{protocol}")
+
+
 def run_variant(name: str, overrides: list[str], *, recipe: Path, run: Path, pool: Path,
                 store: Path, labels: Path, split: Path, repeats: int, shots: list[int],
-                max_test: int | None = None) -> dict:
-    """Pretrain `recipe` + `overrides` on `pool`, score it on `split`; a finished run is kept."""
-    result_path = run / "eval" / "finetune.json"
+                max_test: int | None = None, protocol: str = "linear") -> dict:
+    """Pretrain `recipe` + `overrides` on `pool` (a finished pretraining is resumed, not
+    repeated), score it by `protocol` on `split`; a finished score is kept."""
+    result_path = eval_dir(run, protocol) / "finetune.json"
     if not result_path.is_file():
         def log(message: str) -> None:
             print(f"[{name}] {message}", flush=True)
@@ -60,15 +66,22 @@ def run_variant(name: str, overrides: list[str], *, recipe: Path, run: Path, poo
                          overrides=[f"store={pool}", "report=false", *overrides])
         pretrain(config, run, progress=False, log=log)
         result = low_shot(run, store, shots=shots, repeats=repeats, split_path=split,
-                          labels_path=labels, max_test=max_test, log=log)
-        write_finetune(result, run / "eval")
-    return json.loads(result_path.read_text())
+                          labels_path=labels, max_test=max_test, protocol=protocol, log=log)
+        write_finetune(result, eval_dir(run, protocol))
+    return read_result(run, protocol)
+
+
+def read_result(run: Path, protocol: str) -> dict:
+    """A finished run's low-shot result of `protocol`."""
+    return json.loads((eval_dir(run, protocol) / "finetune.json").read_text())
 
 
 def top1(result: dict, method: str, shots: int) -> float:
+    """Mean top-1 of `method` under the result's (first) protocol."""
+    protocol = result["settings"]["protocols"][0]
     return next(row["mean"] for row in result["rows"]
                 if row["method"] == method and row["shots"] == shots
-                and row["metric"] == "top1" and row["protocol"] == "linear")
+                and row["metric"] == "top1" and row["protocol"] == protocol)
 
 
 def summary(results: dict[str, dict]) -> str:
@@ -97,18 +110,21 @@ def write_stages(store: TileStore, splits: dict[str, Split], out: Path) -> dict[
 
 def select_then_test(variants: dict[str, list[str]], *, stages: dict[str, tuple], recipe: Path,
                      out: Path, store: Path, labels: Path, repeats: int, shots: list[int],
-                     rank_shots: list[int], max_test: int | None = None) -> tuple[str, dict]:
+                     rank_shots: list[int], max_test: int | None = None,
+                     protocol: str = "linear") -> tuple[str, dict]:
     """Every variant pretrained on the `select` pool and scored at `rank_shots` on validation
     tiles; the one with the best mean pretrained top-1 there is then pretrained on the `test`
     pool and scored once at `shots` on the test tiles, so nothing is chosen on the test split.
     `{stage}` in an override stands for the stage's name, for a pool or an init that differs
-    between stages. Returns the chosen variant and its test result."""
+    between stages. Every score is by `protocol`. Returns the chosen variant and its test
+    result."""
     def run(stage: str, name: str) -> dict:
         split, pool = stages[stage]
         overrides = [o.replace("{stage}", stage) for o in variants[name]]
         return run_variant(name, overrides, recipe=recipe, run=out / stage / name,
                            pool=pool, store=store, labels=labels, split=split, repeats=repeats,
-                           shots=rank_shots if stage == "select" else shots, max_test=max_test)
+                           shots=rank_shots if stage == "select" else shots, max_test=max_test,
+                           protocol=protocol)
 
     selection = {}
     for name in variants:

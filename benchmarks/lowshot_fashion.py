@@ -9,9 +9,12 @@ seeded sample of `--max-test`) are the test photos. Every variant (the mnist rec
 overrides) is pretrained on the pool and scored on validation at `--select-shots`; the one with
 the best mean pretrained top-1 there is scored once on test (`lowshot.select_then_test`), with
 shots drawn from the pool. Both stages share the pool, so the test stage resumes the selection
-run's finished checkpoint instead of pretraining again. The chosen network is also scored by
-the demo's 20-NN rows against random init and raw pixels: the labelled bank is the first
-`--knn-bank` train photos (in every pool), the layer chosen on a validation part of the bank.
+run's finished checkpoint instead of pretraining again. Variants are ranked by the first of
+`--protocols`; the chosen one is then scored by each other protocol (e.g. `knn`: the shots as
+a cosine k-NN bank) on validation first, then once on test. With `--knn-bank N` the chosen
+network is also scored by the demo's 20-NN rows against random init and raw pixels: the
+labelled bank is the first N train photos (in every pool), the layer chosen on a validation
+part of the bank.
 
     python benchmarks/lowshot_fashion.py --out runs/fashion --pool 5000,20000,55000 \
         --common 'epochs=10' --variant 'recipe:' --variant 'k50:k=50'
@@ -26,7 +29,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from lowshot import add_driver_arguments, parse_variants, select_then_test, summary
+from lowshot import (
+    add_driver_arguments,
+    parse_variants,
+    read_result,
+    run_variant,
+    select_then_test,
+    summary,
+)
 
 from domainclust.demo import evaluate_rows
 from domainclust.errors import DomainclustError
@@ -96,20 +106,39 @@ def knn_rows(run: Path, store: TileStore, *, bank: np.ndarray, test: np.ndarray,
                          seed=seed, device=inputs.device, progress=False)
 
 
-def report(pool: int, *, subset: int | None, chosen: str, history: list[dict], result: dict,
-           knn: dict[str, dict], n_bank: int) -> str:
-    """One pool size in markdown: the chosen variant's low-shot rows and 20-NN rows on test."""
+def other_protocol(protocol: str, name: str, overrides: list[str], *, args: argparse.Namespace,
+                   stages: dict[str, tuple[Path, Path]], out: Path, store: Path, labels: Path
+                   ) -> dict[str, dict]:
+    """The chosen variant scored by `protocol`: on validation first, then once on test (its
+    pretraining is resumed from the selection run, not repeated)."""
+    return {stage: run_variant(name, overrides, recipe=args.recipe, run=out / stage / name,
+                               pool=pool, store=store, labels=labels, split=split,
+                               repeats=args.repeats, protocol=protocol,
+                               shots=args.select_shots if stage == "select" else args.shots)
+            for stage, (split, pool) in stages.items()}
+
+
+def report(pool: int, *, subset: int | None, chosen: str, history: list[dict],
+           results: dict[str, dict[str, dict]], knn: dict[str, dict], n_bank: int) -> str:
+    """One pool size in markdown: the chosen variant's low-shot rows per protocol (validation,
+    then test) and the 20-NN rows on test."""
     regime = f", {subset} per epoch" if subset else ""
     seconds = np.mean([sum(r["seconds"].values()) for r in history])
-    title = (f"### pool of {pool} train photos{regime}: {chosen}, {len(history)} epochs, "
-             f"{seconds:.1f} s/epoch")
-    linear = (f"linear low-shot top-1 (%) on {result['n_test']} test photos, "
-              f"{result['settings']['repeats']} repeats; verdict: difference [95% CI]")
-    neighbours = (f"20-NN on the same test photos, bank of {n_bank} labelled train photos, "
-                  "layer chosen on a validation part of the bank")
-    rows = [f"| {n} | {r['layer']} | {100 * r['knn_accuracy']:.1f}% |" for n, r in knn.items()]
-    return "\n".join([title, "", linear, "", summary({chosen: result}), "", neighbours, "",
-                      "| features | layer | 20-NN top-1 |", "|---|---|---:|", *rows])
+    lines = [f"### pool of {pool} train photos{regime}: {chosen}, {len(history)} epochs, "
+             f"{seconds:.1f} s/epoch"]
+    for protocol, stages in results.items():
+        for stage, result in stages.items():
+            where = "validation" if stage == "select" else "test"
+            lines += ["", f"{protocol} low-shot top-1 (%) on {result['n_test']} {where} photos, "
+                      f"{result['settings']['repeats']} repeats; verdict: difference [95% CI]",
+                      "", summary({chosen: result})]
+    if knn:
+        lines += ["", f"20-NN on the same test photos, bank of {n_bank} labelled train photos, "
+                  "layer chosen on a validation part of the bank", "",
+                  "| features | layer | 20-NN top-1 |", "|---|---|---:|",
+                  *(f"| {n} | {r['layer']} | {100 * r['knn_accuracy']:.1f}% |"
+                    for n, r in knn.items())]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -122,9 +151,13 @@ def main() -> None:
                     help="larger pools are pretrained on this many photos per epoch")
     ap.add_argument("--val", type=int, default=5000, help="last train photos, in no pool")
     ap.add_argument("--max-test", type=int, default=None, help="sample of the t10k photos")
-    ap.add_argument("--knn-bank", type=int, default=5000, help="labelled photos of the 20-NN")
+    ap.add_argument("--protocols", default="linear,knn",
+                    help="low-shot protocols; the first ranks the variants")
+    ap.add_argument("--knn-bank", type=int, default=5000,
+                    help="labelled photos of the 20-NN rows (0: no 20-NN rows)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    first, *others = args.protocols.split(",")
     store, labels, train, val, test = prepare(args.out, data=args.data, val=args.val,
                                               max_test=args.max_test, seed=args.seed)
     sections = []
@@ -141,12 +174,20 @@ def main() -> None:
         share_checkpoints(out, list(variants))
         chosen, result = select_then_test(
             variants, stages=stages, recipe=args.recipe, out=out, store=Path(store.path),
-            labels=labels, repeats=args.repeats, shots=args.shots, rank_shots=args.select_shots)
+            labels=labels, repeats=args.repeats, shots=args.shots, rank_shots=args.select_shots,
+            protocol=first)
+        results = {first: {"select": read_result(out / "select" / chosen, first),
+                           "test": result}}
+        for protocol in others:
+            results[protocol] = other_protocol(protocol, chosen, variants[chosen], args=args,
+                                               stages=stages, out=out, store=Path(store.path),
+                                               labels=labels)
+            print(summary({f"{chosen}/{protocol}": results[protocol]["test"]}), flush=True)
         run = out / "select" / chosen
         n_bank = min(args.knn_bank, pool)
-        knn = knn_rows(run, store, bank=train[:n_bank], test=test, seed=args.seed)
+        knn = knn_rows(run, store, bank=train[:n_bank], test=test, seed=args.seed) if n_bank else {}
         sections.append(report(pool, subset=subset, chosen=chosen,
-                               history=RunDir(run).read_metrics(), result=result, knn=knn,
+                               history=RunDir(run).read_metrics(), results=results, knn=knn,
                                n_bank=n_bank))
         print(sections[-1], flush=True)
     (args.out / "summary.md").write_text("\n\n".join(sections) + "\n")

@@ -17,6 +17,7 @@ from domainclust.errors import DomainclustError
 from domainclust.evaluation import low_shot
 from domainclust.evaluation.lowshot.fewshot import METHODS, Row, judge
 from domainclust.evaluation.lowshot.finetune import FinetuneSettings
+from domainclust.evaluation.probes.knn import knn_predict
 from domainclust.evaluation.results import write_finetune
 from domainclust.evaluation.training import augment, recompute_batchnorm
 
@@ -74,6 +75,46 @@ def test_runs_are_seeded(tiny_run: Path, small_store: Path) -> None:
 
     assert run(0) == run(0)
     assert run(0) != run(1)
+
+
+def test_knn_protocol_scores_every_method_with_the_shots_as_the_bank(
+        tiny_run: Path, small_store: Path, tmp_path: Path) -> None:
+    result = low_shot(tiny_run, small_store, shots=[1, 3], repeats=2, protocol="knn",
+                      max_test=60, device="cpu")
+    assert {(r.method, r.protocol, r.shots) for r in result.rows} == {
+        (m, "knn", s) for m in METHODS for s in (1, 3)}
+    for r in result.rows:
+        assert r.repeats == 2 and r.ci_low <= r.mean <= r.ci_high
+    # One shot per class leaves nothing to leave out: the nearest shot, on the default layer.
+    # With three, layer and k come from leave-one-out on the 30 shots (k below 30).
+    for method in ("random_init", "pretrained"):
+        assert all(c == {"layer": "conv3", "k": 1, "validated": False}
+                   for c in result.row(method, "knn", 1).choices)
+        three = result.row(method, "knn", 3).choices
+        assert all(c["validated"] and c["k"] in (1, 3, 5, 10, 20) for c in three)
+    assert all(c["layer"] is None for c in result.row("raw_pixels", "knn", 3).choices)
+    assert result.row("pretrained", "knn", 3).mean > 0.2  # chance is 0.1
+    # The verdict weighs pretrained k-NN against the best baseline's k-NN, paired.
+    assert [(v.method, v.best_baseline.endswith("/knn")) for v in result.verdict] == [
+        ("pretrained/knn", True)] * 2
+    data = json.loads(write_finetune(result, tmp_path)["json"].read_text())
+    assert data["settings"]["protocols"] == ["knn"]
+    assert set(data["verdict"]) == {"1", "3"}
+    cli = CliRunner().invoke(app, [
+        "finetune", "--checkpoint", str(tiny_run), "--store", str(small_store), "--shots", "1",
+        "--repeats", "1", "--max-test", "20", "--protocol", "knn", "--out", str(tmp_path)])
+    assert cli.exit_code == 0, cli.output
+    assert "| pretrained | knn | 1 |" in cli.output
+
+
+def test_knn_leave_one_out_never_lets_a_shot_vote_for_itself() -> None:
+    # Four points on the unit circle, each closest to itself and then to the other class's
+    # neighbour: left out, every point must be given the other class.
+    angles = np.array([0.0, 0.1, 1.5, 1.6])
+    bank = np.stack([np.cos(angles), np.sin(angles)], 1)
+    y = np.array([0, 1, 0, 1])
+    assert (knn_predict(bank, y, bank, k=1) == y).all()
+    assert (knn_predict(bank, y, bank, k=1, leave_one_out=True) == 1 - y).all()
 
 
 def test_a_class_with_fewer_examples_than_the_shots_is_refused(tiny_run: Path,

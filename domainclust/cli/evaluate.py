@@ -153,8 +153,10 @@ def finetune(checkpoint: Path = CHECKPOINT, store: Path = STORE,
                                       "| segment (a class per pixel: a store with masks)"),
              protocol: str | None = typer.Option(None, "--protocol",
                                                  help="classify: linear (default; frozen "
-                                                 "features + logistic regression) | finetune "
-                                                 "(all layers) | both; segment: frozen "
+                                                 "features + logistic regression) | knn "
+                                                 "(frozen features, the shots as a cosine "
+                                                 "k-NN bank) | finetune (all layers) | both "
+                                                 "(linear + finetune); segment: frozen "
                                                  "(default; decoder only) | finetune | both"),
              split_by: str = SPLIT_BY,
              max_test: int | None = typer.Option(None, "--max-test", help="score on at most "

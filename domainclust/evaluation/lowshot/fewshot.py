@@ -2,9 +2,10 @@
 
 Methods: `raw_pixels` and `channel_stats` (features of the tile itself), `random_init` (the same
 network freshly initialised, a new seed every repeat) and `pretrained`. Protocols: `linear`
-(frozen features + logistic regression, every method) and `finetune` (every layer trained;
-the two networks only). Each repeat draws fresh shots, the same for every method (paired), and
-every choice (layer, L2 penalty, learning rate, length) is made on those shots alone. The test
+(frozen features + logistic regression, every method), `knn` (the same frozen features, the
+shots as a cosine k-NN bank, every method) and `finetune` (every layer trained; the two
+networks only). Each repeat draws fresh shots, the same for every method (paired), and every
+choice (layer, L2 penalty, k, learning rate, length) is made on those shots alone. The test
 tiles come from a split that respects the data (`data.tile_groups`). Per shot count, the verdict
 compares the pretrained network (first protocol asked for) with the strongest baseline.
 """
@@ -32,6 +33,7 @@ from domainclust.evaluation.features import (
 from domainclust.evaluation.lowshot.finetune import FinetuneSettings, select_and_finetune
 from domainclust.evaluation.lowshot.frozen import Standardiser, choose, fit_frozen
 from domainclust.evaluation.inputs import open_inputs
+from domainclust.evaluation.probes.knn import choose_neighbours, knn_predict
 from domainclust.evaluation.probes.linear import LinearClassifier
 from domainclust.evaluation.lowshot.result import LowShotResult, Row, Verdict
 from domainclust.evaluation.models import as_classifier, fresh_network
@@ -40,7 +42,8 @@ from domainclust.evaluation.training import predict
 from domainclust.seeds import derive_seed
 from domainclust.data.store import TileStore
 
-PROTOCOLS = ("linear", "finetune")
+PROTOCOLS = ("linear", "knn", "finetune")
+FROZEN = ("linear", "knn")  # protocols on frozen features, which score the baselines too
 NETWORKS = ("random_init", "pretrained")
 METHODS = (*BASELINES, *NETWORKS)
 METRICS = ("top1", "balanced_accuracy")
@@ -48,10 +51,12 @@ POOL_TILES = 512  # unlabelled training tiles whose statistics standardise every
 
 
 def parse_protocols(protocol: str) -> tuple[str, ...]:
+    """`both` is linear + finetune."""
     if protocol == "both":
-        return PROTOCOLS
+        return ("linear", "finetune")
     if protocol not in PROTOCOLS:
-        raise DomainclustError(f"unknown protocol '{protocol}'; choose linear, finetune or both")
+        raise DomainclustError(f"unknown protocol '{protocol}'; choose linear, knn, finetune "
+                               "or both (linear + finetune)")
     return (protocol,)
 
 
@@ -137,10 +142,12 @@ def low_shot(
                                           pool=pool, model=trained.model)
     test_features = {m: src(test) for m, src in sources.items()}
     test_x = read_float_tiles(store, test, tile_size=size) if "finetune" in protocols else None
+    # Baselines have no network to fine-tune: they are in every table, on frozen features.
+    frozen = [p for p in protocols if p in FROZEN]
     for r in range(repeats):
         random_seed = derive_seed(seed, r, 10**6)
         random_net = fresh_network(spec, n_outputs=len(classes), seed=random_seed, device=dev)
-        if "linear" in protocols:
+        if frozen:
             sources["random_init"] = FeatureSource("random_init", store, tile_size=size,
                                                    device=dev, pool=pool, model=random_net)
             test_features["random_init"] = sources["random_init"](test)
@@ -149,17 +156,15 @@ def low_shot(
                                rng=np.random.default_rng(derive_seed(seed, r, s)))
             y = np.searchsorted(classes, labels[idx])
             run_seed = derive_seed(seed, r, s, 1)
-            # The baselines have no network to fine-tune: they are in every table, frozen.
-            for method in METHODS if "linear" in protocols else BASELINES:
+            for method in METHODS if frozen else BASELINES:
                 src = sources[method]
                 feats = src(idx)
-                pick = choose(feats, y, default_layer=src.default_layer, seed=run_seed)
-                probe = fit_frozen(feats[pick.layer], y, choice=pick, seed=run_seed)
-                pred = probe_predict(probe, test_features[method][pick.layer])
-                label = layer_label(spec.arch, pick.layer) if src.model is not None else None
-                record(method, "linear", s, pred,
-                       {"layer": label, "weight_decay": pick.weight_decay,
-                        "validated": pick.validated})
+                for proto in frozen or ["linear"]:
+                    pred, choice = score_frozen(proto, feats, y, test_features[method],
+                                                default_layer=src.default_layer, seed=run_seed)
+                    choice["layer"] = (layer_label(spec.arch, choice["layer"])
+                                       if src.model is not None else None)
+                    record(method, proto, s, pred, choice)
             if "finetune" in protocols:
                 x = read_float_tiles(store, idx, tile_size=size)
                 for method in NETWORKS:
@@ -186,6 +191,20 @@ def low_shot(
         split=split.source, n_classes=len(classes), n_test=len(test),
         checkpoint=str(trained.source), seed=seed,
         settings={"protocols": list(protocols), "finetune": asdict(settings), "repeats": repeats})
+
+
+def score_frozen(protocol: str, feats: dict[str, np.ndarray], y: np.ndarray,
+                 test_feats: dict[str, np.ndarray], *, default_layer: str, seed: int
+                 ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Test predictions of one frozen protocol fit on the shots' features, and what it chose."""
+    if protocol == "knn":
+        near = choose_neighbours(feats, y, default_layer=default_layer)
+        pred = knn_predict(feats[near.layer], y, test_feats[near.layer], k=near.k)
+        return pred, {"layer": near.layer, "k": near.k, "validated": near.validated}
+    pick = choose(feats, y, default_layer=default_layer, seed=seed)
+    probe = fit_frozen(feats[pick.layer], y, choice=pick, seed=seed)
+    return (probe_predict(probe, test_feats[pick.layer]),
+            {"layer": pick.layer, "weight_decay": pick.weight_decay, "validated": pick.validated})
 
 
 def probe_predict(probe: LinearClassifier, x: np.ndarray) -> np.ndarray:

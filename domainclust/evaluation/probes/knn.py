@@ -1,4 +1,5 @@
-"""Weighted k-NN accuracy of frozen features (cosine similarity), on any layer."""
+"""Weighted cosine k-NN on frozen features, on any layer: the accuracy of a labelled bank, and the
+layer and k of a low-shot bank chosen by leave-one-out on its shots."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 
 from domainclust.evaluation.data import store_split
 from domainclust.evaluation.features import FEATURES, extract_layers, layer_label, resolve_layers
+from domainclust.evaluation.grids import LOW_SHOT_DEFAULT_K, LOW_SHOT_KS
 from domainclust.evaluation.inputs import open_inputs
 from domainclust.engine.extract import extract_features
 from domainclust.networks.model import DeepClusterNet
@@ -40,6 +42,33 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def knn_predict(
+    bank: np.ndarray,
+    bank_labels: np.ndarray,
+    queries: np.ndarray,
+    *,
+    k: int = 20,
+    temperature: float = 0.07,
+    leave_one_out: bool = False,
+) -> np.ndarray:
+    """The label of each query by cosine k-NN over the bank, votes weighted by
+    exp(similarity / temperature) (Wu et al. 2018). With `leave_one_out` the queries are the
+    bank itself and each row's own entry does not vote, so k is scored on the bank alone."""
+    index = faiss.IndexFlatIP(bank.shape[1])
+    index.add(unit_rows(bank))
+    sims, idx = index.search(unit_rows(queries), min(k + int(leave_one_out), len(bank)))
+    weights = np.exp(sims / temperature)
+    if leave_one_out:
+        own = idx == np.arange(len(queries))[:, None]
+        own[~own.any(1), -1] = True  # an exact duplicate outranked it: drop the k+1-th instead
+        weights[own] = 0.0
+    classes = np.unique(bank_labels)
+    votes = np.zeros((len(queries), len(classes)))
+    cls_idx = np.searchsorted(classes, bank_labels[idx])
+    np.add.at(votes, (np.arange(len(queries))[:, None], cls_idx), weights)
+    return classes[votes.argmax(1)]
+
+
 def knn_accuracy(
     train: np.ndarray,
     train_labels: np.ndarray,
@@ -49,15 +78,39 @@ def knn_accuracy(
     k: int = 20,
     temperature: float = 0.07,
 ) -> float:
-    """Cosine k-NN with votes weighted by exp(similarity / temperature) (Wu et al. 2018)."""
-    index = faiss.IndexFlatIP(train.shape[1])
-    index.add(unit_rows(train))
-    sims, idx = index.search(unit_rows(test), min(k, len(train)))
-    classes = np.unique(train_labels)
-    votes = np.zeros((len(test), len(classes)))
-    cls_idx = np.searchsorted(classes, train_labels[idx])
-    np.add.at(votes, (np.arange(len(test))[:, None], cls_idx), np.exp(sims / temperature))
-    return float((classes[votes.argmax(1)] == test_labels).mean())
+    """Top-1 of `knn_predict` with `train` as the bank."""
+    pred = knn_predict(train, train_labels, test, k=k, temperature=temperature)
+    return float((pred == test_labels).mean())
+
+
+@dataclass(frozen=True)
+class NeighbourChoice:
+    """What leave-one-out on the shots picked (or the defaults, `validated=False`)."""
+
+    layer: str
+    k: int
+    validated: bool
+    score: float | None = None
+
+
+def choose_neighbours(
+    features: dict[str, np.ndarray], y: np.ndarray, *, default_layer: str,
+    ks: tuple[int, ...] = LOW_SHOT_KS, temperature: float = 0.07,
+) -> NeighbourChoice:
+    """Layer and k with the best leave-one-out top-1 on the shots (first one on ties). With one
+    shot per class a left-out shot has no neighbour of its class, so nothing can be validated
+    and the default layer and k are used for every method alike."""
+    if np.unique(y, return_counts=True)[1].min() < 2:
+        return NeighbourChoice(layer=default_layer, k=LOW_SHOT_DEFAULT_K, validated=False)
+    best: NeighbourChoice | None = None
+    for layer, x in features.items():
+        for k in (k for k in ks if k < len(y)):
+            pred = knn_predict(x, y, x, k=k, temperature=temperature, leave_one_out=True)
+            score = float((pred == y).mean())
+            if best is None or score > best.score:
+                best = NeighbourChoice(layer=layer, k=k, validated=True, score=score)
+    assert best is not None
+    return best
 
 
 @dataclass
