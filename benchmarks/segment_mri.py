@@ -131,6 +131,9 @@ def main() -> None:
     ap.add_argument("--slice-stride", type=int, default=4)
     ap.add_argument("--block", type=int, default=16, help="mm of axial slices per split block")
     ap.add_argument("--gap", type=int, default=4, help="mm kept between training and test")
+    ap.add_argument("--eval-name", default="eval",
+                    help="folder under OUT/run for segment.json (runs of other --shots side by "
+                         "side: a shot count's draws do not depend on the others)")
     ap.add_argument("--ceilings", action="store_true",
                     help="print how far the labels follow the intensity, then stop")
     add_segment_arguments(ap)
@@ -153,7 +156,7 @@ def main() -> None:
         (run / "eval").mkdir(parents=True, exist_ok=True)
         (run / "eval" / "pretrained.done").write_text("")
     print(f"prepared and pretrained in {time.time() - start:.0f} s", flush=True)
-    score(args, run=run, store=store, split=split, out=run / "eval", start=start, flip=False)
+    score(args, run=run, store=store, split=split, out=run / args.eval_name, start=start, flip=False)
 
 
 if __name__ == "__main__":
