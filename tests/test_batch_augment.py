@@ -71,7 +71,7 @@ def test_crop_then_resize_matches_a_direct_crop() -> None:
         assert torch.allclose(out[i], x[i, :, y0 : y0 + 8, x0 : x0 + 8], atol=1e-5)
 
 
-def test_seeded() -> None:
+def test_the_same_seed_gives_the_same_batch_and_another_seed_another() -> None:
     spec = [{"RandomResizedCrop": {"scale": [0.08, 1.0]}}, {"HorizontalFlip": {"p": 0.5}}]
     a = build_batch_augmentation(spec, tile_size=12, seed=4)(ramp())
     b = build_batch_augmentation(spec, tile_size=12, seed=4)(ramp())
