@@ -113,7 +113,8 @@ def test_pretrain_with_batched_augmentation_on_cpu(mnist_store, tmp_path) -> Non
     from domainclust.config import resolve
 
     overrides = [f"store={mnist_store}", "subset_size=200", "k=5", "batch_size=20", "pca_dim=16",
-                 "data.batch_augment=batched", "train.updates_factor=0.5"]
+                 "data.batch_augment=batched", "train.updates_factor=0.5", "model.width=0.25",
+                 "report=false"]
     history = deepcluster.pretrain(resolve(overrides=[*overrides, "epochs=2"]), tmp_path / "r",
                                    progress=False, log=lambda _: None)
     assert [r["epoch"] for r in history] == [0, 1]
