@@ -1,6 +1,7 @@
 """End-to-end DeepCluster runs on the real MNIST subset (small settings, CPU)."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -95,12 +96,14 @@ def test_resume_after_an_interrupted_epoch_reproduces_the_run(
 
 
 def test_a_finished_run_can_be_extended(uninterrupted, mnist_store, tmp_path) -> None:
+    finished, before = uninterrupted
     run = tmp_path / "extend"
-    deepcluster.pretrain(config(mnist_store, "epochs=1"), run, progress=False, log=lambda _: None)
-    history = deepcluster.pretrain(config(mnist_store, "epochs=2"), run, progress=False,
+    shutil.copytree(finished, run)
+    history = deepcluster.pretrain(config(mnist_store, "epochs=4"), run, progress=False,
                                    log=lambda _: None)
-    assert [r["epoch"] for r in history] == [0, 1]
-    assert history[1]["nmi_prev"] is not None
+    assert [r["epoch"] for r in history] == [0, 1, 2, 3]
+    assert history[:3] == before  # the finished epochs are kept, not retrained
+    assert history[3]["nmi_prev"] is not None
 
 
 def test_pic_clustering_trains_with_loader_workers(mnist_store, tmp_path) -> None:
