@@ -71,7 +71,7 @@ def test_crop_then_resize_matches_a_direct_crop() -> None:
         assert torch.allclose(out[i], x[i, :, y0 : y0 + 8, x0 : x0 + 8], atol=1e-5)
 
 
-def test_seeded() -> None:
+def test_the_same_seed_gives_the_same_batch_and_another_seed_another() -> None:
     spec = [{"RandomResizedCrop": {"scale": [0.08, 1.0]}}, {"HorizontalFlip": {"p": 0.5}}]
     a = build_batch_augmentation(spec, tile_size=12, seed=4)(ramp())
     b = build_batch_augmentation(spec, tile_size=12, seed=4)(ramp())
@@ -113,7 +113,8 @@ def test_pretrain_with_batched_augmentation_on_cpu(mnist_store, tmp_path) -> Non
     from domainclust.config import resolve
 
     overrides = [f"store={mnist_store}", "subset_size=200", "k=5", "batch_size=20", "pca_dim=16",
-                 "data.batch_augment=batched", "train.updates_factor=0.5"]
+                 "data.batch_augment=batched", "train.updates_factor=0.5", "model.width=0.25",
+                 "report=false"]
     history = deepcluster.pretrain(resolve(overrides=[*overrides, "epochs=2"]), tmp_path / "r",
                                    progress=False, log=lambda _: None)
     assert [r["epoch"] for r in history] == [0, 1]

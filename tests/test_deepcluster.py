@@ -1,6 +1,7 @@
 """End-to-end DeepCluster runs on the real MNIST subset (small settings, CPU)."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -14,7 +15,11 @@ from domainclust.config import resolve
 from domainclust.errors import DomainclustError
 from domainclust.data.store import StoreSpec, TileStoreWriter
 
-SMALL = ["subset_size=600", "k=10", "epochs=3", "batch_size=64", "pca_dim=32"]
+# A quarter-width network on 300 digits, no end-of-run report (tests/test_report.py covers it):
+# an epoch in a few seconds on one core, still 9 batches to interrupt and 10 clusters to find.
+SMALL = ["subset_size=300", "k=10", "epochs=3", "batch_size=32", "pca_dim=16", "model.width=0.25",
+         "report=false"]
+SUBSET = 300
 
 
 def config(store, *extra: str):
@@ -40,12 +45,12 @@ def test_run_dir_layout_and_metrics(uninterrupted) -> None:
         for key in ("loss", "nmi_prev", "nmi_labels", "n_clusters", "cluster_size_min",
                     "cluster_size_max", "seconds", "objective", "n_empty"):
             assert key in r
-        assert r["n_clusters"] == 10 and r["cluster_size_min"] >= 1 and r["n_tiles"] == 600
+        assert r["n_clusters"] == 10 and r["cluster_size_min"] >= 1 and r["n_tiles"] == SUBSET
         assert set(r["seconds"]) == {"stage", "extract", "cluster", "train"}
     assert lines[0]["nmi_prev"] is None and 0 <= lines[1]["nmi_prev"] <= 1
     for epoch in range(3):
         with np.load(run / "assignments" / f"epoch_{epoch:04d}.npz") as a:
-            assert len(a["indices"]) == 600 and len(np.unique(a["labels"])) == 10
+            assert len(a["indices"]) == SUBSET and len(np.unique(a["labels"])) == 10
     # Subset regime: a fresh random subset every epoch.
     with np.load(run / "assignments" / "epoch_0000.npz") as a, \
          np.load(run / "assignments" / "epoch_0001.npz") as b:
@@ -91,12 +96,14 @@ def test_resume_after_an_interrupted_epoch_reproduces_the_run(
 
 
 def test_a_finished_run_can_be_extended(uninterrupted, mnist_store, tmp_path) -> None:
+    finished, before = uninterrupted
     run = tmp_path / "extend"
-    deepcluster.pretrain(config(mnist_store, "epochs=1"), run, progress=False, log=lambda _: None)
-    history = deepcluster.pretrain(config(mnist_store, "epochs=2"), run, progress=False,
+    shutil.copytree(finished, run)
+    history = deepcluster.pretrain(config(mnist_store, "epochs=4"), run, progress=False,
                                    log=lambda _: None)
-    assert [r["epoch"] for r in history] == [0, 1]
-    assert history[1]["nmi_prev"] is not None
+    assert [r["epoch"] for r in history] == [0, 1, 2, 3]
+    assert history[:3] == before  # the finished epochs are kept, not retrained
+    assert history[3]["nmi_prev"] is not None
 
 
 def test_pic_clustering_trains_with_loader_workers(mnist_store, tmp_path) -> None:
@@ -183,8 +190,10 @@ def test_a_store_with_other_channels_than_the_checkpoint_is_refused(
 
 
 def test_k_larger_than_the_subset_is_refused(mnist_store, tmp_path) -> None:
-    with pytest.raises(DomainclustError, match="k=601 is larger than the 600 tiles"):
-        deepcluster.pretrain(config(mnist_store, "k=601"), tmp_path / "r", progress=False)
+    with pytest.raises(DomainclustError,
+                       match=f"k={SUBSET + 1} is larger than the {SUBSET} tiles"):
+        deepcluster.pretrain(config(mnist_store, f"k={SUBSET + 1}"), tmp_path / "r",
+                             progress=False)
 
 
 def test_cli_pretrain_with_set_and_clean_errors(mnist_store, tmp_path) -> None:

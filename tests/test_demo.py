@@ -1,4 +1,5 @@
-"""`domainclust demo` end to end with shortened training (the full demo runs ~7 min)."""
+"""`domainclust demo` end to end with shortened training on a quarter-width network (the full
+demo runs ~7 min)."""
 
 import json
 
@@ -13,8 +14,8 @@ from domainclust.data.store import TileStore
 def test_demo_ingests_trains_and_writes_the_table(tmp_path) -> None:
     run = tmp_path / "demo"
     result = CliRunner().invoke(app, ["demo", "--run-dir", str(run), "--quiet",
-                                      "--set", "epochs=1", "--set", "subset_size=1000",
-                                      "--set", "k=20"])
+                                      "--set", "epochs=1", "--set", "subset_size=500",
+                                      "--set", "k=20", "--set", "model.width=0.25"])
     assert result.exit_code == 0, result.output
     data = json.loads((run / "demo.json").read_text())
     assert [k for k in data if k not in ("split", "epochs")] == ["raw_pixels", "random_init",

@@ -20,7 +20,7 @@ from domainclust.distributed import Dist, shard
 from domainclust.engine.sampling import cluster_uniform_indices, rank_share
 
 TINY = ["subset_size=128", "k=6", "batch_size=16", "pca_dim=16", "train.updates_factor=0.5",
-        "arch=resnet18"]
+        "arch=resnet18", "model.width=0.25", "report=false"]
 
 
 def free_port() -> int:

@@ -60,7 +60,7 @@ def test_knn_accuracy_weighted_cosine_votes() -> None:
     assert knn_accuracy(train, labels, test, np.array([3, 3, 3]), k=2) == pytest.approx(1 / 3)
 
 
-def test_intra_class_edge_ratio() -> None:
+def test_intra_class_edge_ratio_of_separated_mixed_and_duplicated_points() -> None:
     rng = np.random.default_rng(0)
     centres = np.eye(4, dtype=np.float32) * 10
     x = np.concatenate([c + rng.normal(0, 0.1, (20, 4)) for c in centres]).astype(np.float32)

@@ -142,7 +142,7 @@ def test_a_malicious_pickle_checkpoint_is_refused_and_never_runs(tmp_path: Path,
     assert marker.exists()
 
 
-def test_cli_export(tiny_run: Path, tmp_path: Path) -> None:
+def test_cli_export_writes_a_backbone_that_loads(tiny_run: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["export", "--checkpoint", str(tiny_run), "--out",
                                       str(tmp_path / "e")])
     assert result.exit_code == 0, result.output

@@ -67,7 +67,9 @@ def test_every_method_and_protocol_with_cis_and_a_verdict(tiny_run: Path, small_
 
 
 @pytest.mark.slow
-def test_runs_are_seeded(tiny_run: Path, small_store: Path) -> None:
+def test_the_same_seed_repeats_every_score_and_another_seed_changes_them(
+    tiny_run: Path, small_store: Path
+) -> None:
     def run(seed: int) -> list[float]:
         r = low_shot(tiny_run, small_store, shots=[2], repeats=1, max_test=60, seed=seed,
                      device="cpu")

@@ -298,7 +298,7 @@ def test_bad_inputs_are_skipped_with_reasons(scenes: Path, tmp_path: Path) -> No
     assert used == {"s2_33n.tif", "s2_34n.tif"}
 
 
-def test_nan_and_user_nodata(tmp_path: Path) -> None:
+def test_nan_and_user_nodata_pixels_never_reach_the_store(tmp_path: Path) -> None:
     """Float reflectance with NaN holes and a user-given nodata value: no NaN reaches the store."""
     classes = gd.land_cover(96, 96, seed=3)
     data = (gd.reflectance(classes, seed=3) / 10000.0).astype(np.float32)

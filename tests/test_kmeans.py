@@ -44,7 +44,7 @@ def test_no_empty_cluster_with_outliers_and_k_equal_n(backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_seeded(backend: str) -> None:
+def test_the_same_seed_gives_the_same_labels(backend: str) -> None:
     x, _ = blobs(seed=2)
     a, b = kmeans(x, k=20, backend=backend, seed=5), kmeans(x, k=20, backend=backend, seed=5)
     assert np.array_equal(a.labels, b.labels)

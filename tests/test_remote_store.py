@@ -25,7 +25,7 @@ from domainclust.engine.staging import stage_tiles
 from domainclust.data.store import StoreSpec, TileStore, TileStoreWriter
 
 SMALL = ["subset_size=256", "data.tiles_per_chunk=128", "k=8", "epochs=1", "batch_size=64",
-         "pca_dim=16", "device=cpu"]
+         "pca_dim=16", "device=cpu", "model.width=0.25", "report=false"]
 
 
 def free_port() -> int:

@@ -17,7 +17,7 @@ def test_ram_and_memmap_staging_hold_the_same_tiles(mnist_store, tmp_path) -> No
     assert np.array_equal(ram[5], direct)
 
 
-def test_cache_choice() -> None:
+def test_auto_cache_is_ram_when_it_fits_memmap_otherwise_and_unknown_is_refused() -> None:
     assert choose_cache(1 << 20, "auto") == "ram"
     assert choose_cache(1 << 60, "auto") == "memmap"
     with pytest.raises(DomainclustError, match="data.cache"):
