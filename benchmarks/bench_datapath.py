@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from domainclust.config import _default_augment
+from domainclust.data.store import StoreSpec, TileStore, TileStoreWriter
+from domainclust.device import limit_cpu_threads
 from domainclust.engine.augment import AugmentedTiles, build_augmentation, seed_worker
 from domainclust.engine.batch_augment import build_batch_augmentation
-from domainclust.config import _default_augment
-from domainclust.device import limit_cpu_threads
 from domainclust.engine.device_batches import AugmentedBatches, StagedTiles
 from domainclust.engine.staging import stage_tiles
-from domainclust.data.store import StoreSpec, TileStore, TileStoreWriter
 
 SIZE = 224
 

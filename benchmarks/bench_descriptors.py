@@ -23,9 +23,9 @@ import faiss
 import numpy as np
 import torch
 
-from domainclust.engine.descriptors import compute_descriptors
-from domainclust.device import limit_cpu_threads
 from domainclust.clustering.kmeans import kmeans
+from domainclust.device import limit_cpu_threads
+from domainclust.engine.descriptors import compute_descriptors
 
 
 def feature_batches(n: int, d: int, *, batch: int = 256, seed: int = 0):

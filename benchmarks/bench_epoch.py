@@ -72,9 +72,9 @@ def high_water_mb() -> float:
 
 def scale_child(n: int, d: int, k: int) -> None:
     """Descriptors of N streamed D-dim features, then k-means on them; time + peak RSS."""
-    from domainclust.engine.descriptors import compute_descriptors
-    from domainclust.device import limit_cpu_threads
     from domainclust.clustering.kmeans import kmeans
+    from domainclust.device import limit_cpu_threads
+    from domainclust.engine.descriptors import compute_descriptors
 
     limit_cpu_threads()
     g = torch.Generator().manual_seed(0)

@@ -23,16 +23,16 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from bench_datapath import SIZE, JpegFolder, make_images  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
-from bench_datapath import SIZE, JpegFolder, make_images  # noqa: E402
 from domainclust.config import resolve  # noqa: E402
-from domainclust.engine.deepcluster import model_spec, pretrain  # noqa: E402
-from domainclust.device import limit_cpu_threads  # noqa: E402
-from domainclust.networks.model import DeepClusterNet  # noqa: E402
-from domainclust.engine.sampling import EpochSampler, cluster_uniform_indices  # noqa: E402
 from domainclust.data.store import TileStore  # noqa: E402
+from domainclust.device import limit_cpu_threads  # noqa: E402
+from domainclust.engine.deepcluster import model_spec, pretrain  # noqa: E402
+from domainclust.engine.sampling import EpochSampler, cluster_uniform_indices  # noqa: E402
+from domainclust.networks.model import DeepClusterNet  # noqa: E402
 
 
 class CentreCropJpegs(torch.utils.data.Dataset):

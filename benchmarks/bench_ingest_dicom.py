@@ -22,12 +22,12 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import pydicom
+from domainclust.modalities.medical.adapter import expand_sources
+from domainclust.modalities.medical.ct import ADAPTER, CT_DEFAULTS
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from domainclust.data.ingest import run_ingest
-from domainclust.modalities.medical.adapter import expand_sources
-from domainclust.modalities.medical.ct import ADAPTER, CT_DEFAULTS
 
 
 def write_series(folder: Path, *, series: int, slices: int) -> int:

@@ -107,8 +107,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
     args = parser.parse_args()
 
-    from domainclust.data.modality import get_modality
     from domainclust.modalities.geo.geotiff import GeoTiffAdapter
+
+    from domainclust.data.modality import get_modality
 
     modality = get_modality("geotiff")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_geotiff_"))

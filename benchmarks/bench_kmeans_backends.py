@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from domainclust.clustering.backends import available
-from domainclust.device import limit_cpu_threads
 from domainclust.clustering.kmeans import kmeans
+from domainclust.device import limit_cpu_threads
 
 
 def descriptors(n: int, d: int, *, seed: int = 0) -> np.ndarray:

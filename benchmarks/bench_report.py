@@ -20,8 +20,8 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from domainclust.config import resolve
-from domainclust.engine.deepcluster import pretrain
 from domainclust.data.modality import get_modality
+from domainclust.engine.deepcluster import pretrain
 from domainclust.report import ReportSettings, write_report
 
 

@@ -30,9 +30,9 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import numpy as np  # noqa: E402
 
+from domainclust.data.store import StoreSpec, TileStore, TileStoreWriter  # noqa: E402
 from domainclust.engine.sampling import sample_subset  # noqa: E402
 from domainclust.engine.staging import stage_tiles  # noqa: E402
-from domainclust.data.store import StoreSpec, TileStore, TileStoreWriter  # noqa: E402
 
 
 def build(path: Path, *, n: int, tile: int, channels: int, shard_chunks: int | None) -> float:

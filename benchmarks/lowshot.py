@@ -8,12 +8,12 @@ import json
 from pathlib import Path
 
 from domainclust.config import resolve
+from domainclust.data.modality import load_recipe
+from domainclust.data.store import TileStore, write_subset
 from domainclust.engine.deepcluster import pretrain
 from domainclust.evaluation.data import Split, save_split
 from domainclust.evaluation.lowshot.fewshot import low_shot
 from domainclust.evaluation.results import write_finetune
-from domainclust.data.modality import load_recipe
-from domainclust.data.store import TileStore, write_subset
 
 METHODS = ("raw_pixels", "channel_stats", "random_init", "pretrained")
 

@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 from lowshot import add_driver_arguments, parse_variants, select_then_test
 
-from domainclust.evaluation.data import Split, save_split
 from domainclust.data.modality import get_modality
 from domainclust.data.store import TileStore, write_subset
+from domainclust.evaluation.data import Split, save_split
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "ct.yaml"
 DATA = Path(os.environ.get("DOMAINCLUST_TEST_DATA") or "~/.cache/domainclust-test-data"

@@ -38,14 +38,14 @@ from lowshot import (
     summary,
 )
 
+from domainclust.data.modality import get_modality
+from domainclust.data.store import TileStore, write_subset
 from domainclust.demo import evaluate_rows
 from domainclust.errors import DomainclustError
 from domainclust.evaluation.data import Split, save_split
 from domainclust.evaluation.inputs import open_inputs
 from domainclust.evaluation.models import fresh_network
-from domainclust.data.modality import get_modality
 from domainclust.rundir import RunDir
-from domainclust.data.store import TileStore, write_subset
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "mnist.yaml"
 DATA = Path("/usr/share/datasets/fashion-mnist")

@@ -24,13 +24,19 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from domainclust.modalities.geo.bands import SENSORS
 from lowshot import add_driver_arguments, parse_variants, select_then_test, write_stages
 
-from domainclust.evaluation.data import (
-    Split, class_counts, grouped_split, labels_within, store_split, tile_groups)
-from domainclust.modalities.geo.bands import SENSORS
 from domainclust.data.modality import get_modality
 from domainclust.data.store import TileStore
+from domainclust.evaluation.data import (
+    Split,
+    class_counts,
+    grouped_split,
+    labels_within,
+    store_split,
+    tile_groups,
+)
 
 BANDS = ("10", "20", "30", "40", "50", "70")
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "landsat.yaml"

@@ -49,9 +49,9 @@ import yaml
 from lowshot import add_driver_arguments, select_then_test, top1
 from lowshot_landsat import RECIPE, prepare
 
-from domainclust.engine.metrics import nmi
 from domainclust.data.modality import get_modality
 from domainclust.data.store import StoreSpec, TileStore, TileStoreWriter
+from domainclust.engine.metrics import nmi
 
 CHANNELS = ("blue", "green", "red", "nir", "swir1", "swir2")
 DATA = Path(os.environ.get("DOMAINCLUST_TEST_DATA") or "~/.cache/domainclust-test-data"

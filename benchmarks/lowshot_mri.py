@@ -36,12 +36,12 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from domainclust.modalities.medical.nifti import load_nifti
 from lowshot import add_driver_arguments, parse_variants, select_then_test, write_stages
 
-from domainclust.evaluation.data import Split
 from domainclust.data.modality import get_modality
 from domainclust.data.store import TileStore
-from domainclust.modalities.medical.nifti import load_nifti
+from domainclust.evaluation.data import Split
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "mri.yaml"
 CLASSES = ("grey matter", "white matter", "neither")

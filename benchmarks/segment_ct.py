@@ -31,11 +31,11 @@ from lowshot_ct import RECIPE, TEST, TRAIN, balanced, prepare, volumes
 from segment import add_segment_arguments, score
 
 from domainclust.config import resolve
+from domainclust.data.modality import load_recipe
+from domainclust.data.store import TileStore
 from domainclust.engine.deepcluster import pretrain
 from domainclust.evaluation.data import Split, save_split
-from domainclust.data.modality import load_recipe
 from domainclust.segmentation.protocol import class_masks, presence, tile_majority
-from domainclust.data.store import TileStore
 
 # README "Real lung CTs with tumour masks": the chosen variant, as lowshot_ct.py pretrained it.
 PRETRAIN = ["model.width=0.5", "k=50", "epochs=5", "batch_size=64", "subset_size=2000",

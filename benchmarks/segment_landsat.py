@@ -25,11 +25,11 @@ from lowshot_landsat import RECIPE, ingest_scene
 from segment import add_segment_arguments, score
 
 from domainclust.config import resolve
+from domainclust.data.modality import load_recipe
+from domainclust.data.store import write_subset
 from domainclust.engine.deepcluster import pretrain
 from domainclust.evaluation.data import class_counts, save_split, store_split
-from domainclust.data.modality import load_recipe
 from domainclust.segmentation.protocol import class_masks, tile_majority
-from domainclust.data.store import write_subset
 
 
 def prepare(out: Path, *, min_class_pixels: int, seed: int) -> tuple[Path, Path, Path]:

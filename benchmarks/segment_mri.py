@@ -37,14 +37,14 @@ from lowshot_mri import RECIPE, apart, ingest_other, slice_roles, template
 from segment import add_segment_arguments, score
 
 from domainclust.config import resolve
+from domainclust.data.modality import get_modality, load_recipe
+from domainclust.data.store import TileStore
 from domainclust.engine.deepcluster import pretrain
 from domainclust.evaluation.data import Split, save_split
 from domainclust.evaluation.features import read_float_tiles
-from domainclust.data.modality import get_modality, load_recipe
 from domainclust.segmentation.baselines import DEFAULT_PENALTY, PixelLogistic
 from domainclust.segmentation.metrics import confusion, scores
 from domainclust.segmentation.protocol import class_masks
-from domainclust.data.store import TileStore
 
 COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
 CLASSES = ("other", "grey matter", "white matter")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from domainclust.errors import DomainclustError
 from domainclust.data.store import StoreSpec, TileStore, TileStoreWriter
+from domainclust.errors import DomainclustError
 
 __all__ = [
     "DomainclustError", "StoreSpec", "TileStore", "TileStoreWriter", "load_backbone", "pretrain",

@@ -17,8 +17,10 @@ import numpy as np
 import torch
 
 from domainclust.config import Config, resolve
-from domainclust.engine.deepcluster import model_spec, pretrain
+from domainclust.data.modality import get_modality
+from domainclust.data.store import TileStore, write_subset
 from domainclust.device import resolve_device
+from domainclust.engine.deepcluster import model_spec, pretrain
 from domainclust.evaluation.data import Split, store_split, stratified_split
 from domainclust.evaluation.features import (
     extract_layers,
@@ -27,10 +29,8 @@ from domainclust.evaluation.features import (
     read_float_tiles,
 )
 from domainclust.evaluation.probes.knn import knn_accuracy
-from domainclust.data.modality import get_modality
 from domainclust.networks.model import DeepClusterNet
 from domainclust.rundir import RunDir, atomic_write_text
-from domainclust.data.store import TileStore, write_subset
 
 DEMO_MODALITY = "mnist"
 TEST_FRACTION = 0.2

@@ -26,8 +26,8 @@ import torch
 
 from domainclust import config as cfg
 from domainclust.atomic import atomic_write, atomic_write_text
-from domainclust.errors import DomainclustError
 from domainclust.data.store import is_url
+from domainclust.errors import DomainclustError
 
 
 class RunDir:

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from domainclust.errors import DomainclustError
 from domainclust.data.modality import Modality
 from domainclust.data.store import StoreSpec, TileStoreWriter
+from domainclust.errors import DomainclustError
 
 SIDE, PAD = 28, 2
 BATCH = 1000

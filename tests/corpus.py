@@ -37,10 +37,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from geotiff_data import make_scene
 from medical_data import CT5N, NIBABEL_DATA, pydicom_file
 
-from domainclust.errors import DomainclustError
 from domainclust.data.ingest import run_ingest
 from domainclust.data.modality import get_modality
 from domainclust.data.store import TileStore
+from domainclust.errors import DomainclustError
 
 KINDS = ("truncated", "header_flips", "pixel_flips", "zero_length", "wrong_extension",
          "nan_inf", "absurd_dims")

@@ -30,10 +30,10 @@ from rasterio.windows import Window
 from typer.testing import CliRunner
 
 from domainclust.cli import app
-from domainclust.errors import DomainclustError
 from domainclust.data.ingest import default_report_path, run_ingest
 from domainclust.data.modality import get_modality
 from domainclust.data.store import TileStore
+from domainclust.errors import DomainclustError
 
 FILL = 3.4e38  # float32's largest finite value, a common fill
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from domainclust.engine.augment import AugmentedTiles, build_augmentation
 from domainclust.data.normalise import to_input
+from domainclust.engine.augment import AugmentedTiles, build_augmentation
 
 SCALE, OFFSET = (0.02, 0.5), (-1.0, 0.25)
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from domainclust.clustering.backends import available, select_backend
-from domainclust.errors import DomainclustError
 from domainclust.clustering.kmeans import kmeans
+from domainclust.errors import DomainclustError
 
 
 def descriptor_like(n: int, d: int, *, seed: int) -> np.ndarray:

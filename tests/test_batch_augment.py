@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from domainclust.engine.batch_augment import BatchAugment, Step, build_batch_augmentation, crop_boxes
+from domainclust.engine.batch_augment import (
+    BatchAugment,
+    Step,
+    build_batch_augmentation,
+    crop_boxes,
+)
 from domainclust.engine.device_batches import AugmentedBatches, StagedTiles
 
 
@@ -109,8 +114,8 @@ def test_staged_batches_convert_with_scale_offset_and_follow_the_positions(dtype
 
 @pytest.mark.slow
 def test_pretrain_with_batched_augmentation_on_cpu(mnist_store, tmp_path) -> None:
-    from domainclust.engine import deepcluster
     from domainclust.config import resolve
+    from domainclust.engine import deepcluster
 
     overrides = [f"store={mnist_store}", "subset_size=200", "k=5", "batch_size=20", "pca_dim=16",
                  "data.batch_augment=batched", "train.updates_factor=0.5", "model.width=0.25",
@@ -122,8 +127,8 @@ def test_pretrain_with_batched_augmentation_on_cpu(mnist_store, tmp_path) -> Non
 
 
 def test_batch_augment_on_with_an_unbatchable_recipe_is_refused(mnist_store, tmp_path) -> None:
-    from domainclust.engine import deepcluster
     from domainclust.config import resolve
+    from domainclust.engine import deepcluster
     from domainclust.errors import DomainclustError
 
     config = resolve(overrides=[f"store={mnist_store}", "data.batch_augment=batched", "k=5",

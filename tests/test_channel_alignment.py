@@ -23,14 +23,14 @@ from typer.testing import CliRunner
 
 from domainclust.cli import app
 from domainclust.config import resolve
+from domainclust.data.store import TileStore
 from domainclust.engine.deepcluster import pretrain, start_from
+from domainclust.engine.warmstart import InitSource, apply_init, conv1_key
 from domainclust.errors import DomainclustError
 from domainclust.evaluation.features import extract_layers
 from domainclust.evaluation.models import align_store, load_trained
 from domainclust.networks.export import export_backbone
 from domainclust.networks.model import DeepClusterNet, ModelSpec
-from domainclust.data.store import TileStore
-from domainclust.engine.warmstart import InitSource, apply_init, conv1_key
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
 

@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from domainclust.modalities.medical.ct import DEFAULT_WINDOWS, MODALITY
 from medical_data import (
     CT2N,
     CT5N,
@@ -25,11 +26,10 @@ from medical_data import (
 from typer.testing import CliRunner
 
 from domainclust.cli import app
-from domainclust.errors import DomainclustError
 from domainclust.data.ingest import default_report_path
 from domainclust.data.modality import get_modality
 from domainclust.data.store import TileStore
-from domainclust.modalities.medical.ct import DEFAULT_WINDOWS, MODALITY
+from domainclust.errors import DomainclustError
 
 SMALL = {"spacing": None, "tile_size": 32, "max_background": 1.0}  # 16x16 px slices: keep all
 

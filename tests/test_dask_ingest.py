@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 import zarr
 from distributed import Client, LocalCluster
+from domainclust.modalities.geo.geotiff import MODALITY as GEOTIFF
+from domainclust.modalities.geo.geotiff import GeoTiffAdapter
+from domainclust.modalities.medical.ct import MODALITY as CT
 from geotiff_data import make_scene
 from medical_data import CT5N, copy_files, pydicom_file
 
-from domainclust.errors import DomainclustError
 from domainclust.data.ingest import run_ingest, store_key
 from domainclust.data.ingest_item import SourceItem, TileBatch
 from domainclust.data.store import TileStore
-from domainclust.modalities.medical.ct import MODALITY as CT
-from domainclust.modalities.geo.geotiff import MODALITY as GEOTIFF
-from domainclust.modalities.geo.geotiff import GeoTiffAdapter
+from domainclust.errors import DomainclustError
 
 GEO = {**GEOTIFF.defaults, "tile_size": 32}
 CHUNK = 7  # tiles per chunk: items straddle chunk boundaries

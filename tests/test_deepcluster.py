@@ -9,11 +9,11 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from domainclust.engine import deepcluster
 from domainclust.cli import app
 from domainclust.config import resolve
-from domainclust.errors import DomainclustError
 from domainclust.data.store import StoreSpec, TileStoreWriter
+from domainclust.engine import deepcluster
+from domainclust.errors import DomainclustError
 
 # A quarter-width network on 300 digits, no end-of-run report (tests/test_report.py covers it):
 # an epoch in a few seconds on one core, still 9 batches to interrupt and 10 clusters to find.

@@ -11,13 +11,13 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from domainclust.modalities.medical.ct import MODALITY as CT
 from medical_data import CT5N, copy_files, ct_series, grep_store, identifying_strings, ingest
 from pydicom.sr.codedict import codes
 
-from domainclust.errors import DomainclustError
 from domainclust.data.ingest import default_report_path
-from domainclust.modalities.medical.ct import MODALITY as CT
 from domainclust.data.store import TileStore
+from domainclust.errors import DomainclustError
 
 OPTIONS = {"spacing": None, "tile_size": 32, "max_background": 1.0}  # 16x16 px slices: keep all
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from domainclust.engine import deepcluster
 from domainclust.config import resolve
-from domainclust.engine.descriptors import compute_descriptors
 from domainclust.distributed import Dist, shard
+from domainclust.engine import deepcluster
+from domainclust.engine.descriptors import compute_descriptors
 from domainclust.engine.sampling import cluster_uniform_indices, rank_share
 
 TINY = ["subset_size=128", "k=6", "batch_size=16", "pca_dim=16", "train.updates_factor=0.5",

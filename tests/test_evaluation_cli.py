@@ -14,9 +14,9 @@ from test_evaluation_fixtures import write_store
 from typer.testing import CliRunner
 
 from domainclust.cli import app
+from domainclust.data.store import TileStore
 from domainclust.errors import DomainclustError
 from domainclust.evaluation import evaluate_clusters, evaluate_knn, evaluate_linear
-from domainclust.data.store import TileStore
 
 pytest_plugins = ["test_evaluation_fixtures"]
 

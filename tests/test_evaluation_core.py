@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from domainclust.errors import DomainclustError
-from domainclust.evaluation.probes.clusters import intra_class_edge_ratio
 from domainclust.evaluation.data import (
     check_shots,
     load_split,
@@ -20,6 +19,7 @@ from domainclust.evaluation.data import (
     stratified_split,
 )
 from domainclust.evaluation.features import layer_features, pool_grid, resolve_layers
+from domainclust.evaluation.probes.clusters import intra_class_edge_ratio
 from domainclust.evaluation.probes.knn import knn_accuracy
 from domainclust.evaluation.probes.linear import fit_linear, fit_probe
 from domainclust.networks.model import DeepClusterNet, ModelSpec

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from domainclust.config import resolve
-from domainclust.engine.deepcluster import pretrain
 from domainclust.data.store import StoreSpec, TileStore, TileStoreWriter
+from domainclust.engine.deepcluster import pretrain
 
 PER_CLASS = 60  # 600 digits: enough for every protocol, small enough for 2 cores
 

@@ -14,10 +14,10 @@ import torch
 from typer.testing import CliRunner
 
 from domainclust.cli import app
+from domainclust.data.store import TileStore
 from domainclust.errors import DomainclustError
 from domainclust.evaluation import evaluate_knn, load_trained
 from domainclust.networks.export import export_backbone, load_backbone
-from domainclust.data.store import TileStore
 
 pytest_plugins = ["test_evaluation_fixtures"]
 

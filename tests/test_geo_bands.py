@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from domainclust.modalities.geo.bands import SENSORS, band_key, match_band_file
 from domainclust.modalities.geo.qa import qa_layout, unusable
 

@@ -14,14 +14,14 @@ import geotiff_data as gd  # kept next to the tests (prepend import mode)
 import numpy as np
 import pytest
 import rasterio
+from domainclust.modalities.geo.geotiff import MODALITY
 from rasterio.enums import Resampling
 from rasterio.transform import Affine
 from rasterio.warp import reproject
 from rasterio.windows import Window
 
-from domainclust.errors import DomainclustError
-from domainclust.modalities.geo.geotiff import MODALITY
 from domainclust.data.store import TileStore
+from domainclust.errors import DomainclustError
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
 

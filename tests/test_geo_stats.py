@@ -18,8 +18,8 @@ import torch
 from domainclust.modalities.geo.geotiff import MODALITY
 from domainclust.modalities.geo.scenes import fill_values
 
-from domainclust.errors import DomainclustError
 from domainclust.data.store import TileStore
+from domainclust.errors import DomainclustError
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
 

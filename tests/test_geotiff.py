@@ -17,16 +17,16 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from domainclust.modalities.geo.geotiff import MODALITY, GeoTiffAdapter
+from domainclust.modalities.geo.options import parse_options
 from rasterio.crs import CRS
 from rasterio.transform import Affine, from_origin
 from rasterio.windows import Window
 
-from domainclust.errors import DomainclustError
 from domainclust.data.ingest import run_ingest
 from domainclust.data.modality import ingest_options
 from domainclust.data.store import TileStore
-from domainclust.modalities.geo.geotiff import MODALITY, GeoTiffAdapter
-from domainclust.modalities.geo.options import parse_options
+from domainclust.errors import DomainclustError
 
 # rasterio's own window/transform helpers still use affine's deprecated `*`.
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from domainclust.clustering.backends import available, select_backend
+from domainclust.clustering.kmeans import kmeans
 from domainclust.engine.batch_augment import build_batch_augmentation
 from domainclust.engine.descriptors import compute_descriptors
 from domainclust.engine.device_batches import AugmentedBatches, StagedTiles
-from domainclust.clustering.kmeans import kmeans
 
 pytestmark = [
     pytest.mark.gpu,
@@ -70,8 +70,8 @@ def test_batches_are_made_on_the_gpu_from_uint8_tiles() -> None:
 
 
 def test_pretrain_epoch_on_the_gpu(mnist_store, tmp_path) -> None:
-    from domainclust.engine import deepcluster
     from domainclust.config import resolve
+    from domainclust.engine import deepcluster
 
     history = deepcluster.pretrain(
         resolve(overrides=[f"store={mnist_store}", "subset_size=1000", "k=10", "epochs=2",

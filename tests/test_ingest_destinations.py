@@ -17,9 +17,9 @@ from medical_data import ct_series
 from typer.testing import CliRunner
 
 from domainclust.cli import app
-from domainclust.errors import DomainclustError
 from domainclust.data.lock import StoreLock, lock_path
 from domainclust.data.store import StoreSpec, TileStore, TileStoreWriter
+from domainclust.errors import DomainclustError
 
 CT_SMALL = ["--set", "spacing=null", "--set", "tile_size=32", "--set", "max_background=1.0"]
 

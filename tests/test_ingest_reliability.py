@@ -18,11 +18,11 @@ from domainclust.modalities.medical.ct import MODALITY as CT
 from domainclust.modalities.medical.mri import MODALITY as MRI
 from medical_data import NIBABEL_DATA, ct_series, ingest, pydicom_file
 
-from domainclust.errors import DomainclustError
 from domainclust.data.ingest import run_ingest
 from domainclust.data.ingest_item import SourceItem, TileBatch
 from domainclust.data.salt import config_dir, installation_salt, salt_id
 from domainclust.data.store import StoreSpec, TileStore
+from domainclust.errors import DomainclustError
 
 SMALL = {"spacing": None, "tile_size": 32, "max_background": 1.0}
 

@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from domainclust.modalities.medical.ct import MODALITY as CT
+from domainclust.modalities.medical.mri import MODALITY as MRI
 from medical_data import ct_series, grep_store, identifying_strings, ingest, pydicom_file
 from typer.testing import CliRunner
 
 from domainclust.cli import app
-from domainclust.errors import DomainclustError
 from domainclust.data.ingest import default_report_path
 from domainclust.data.store import TileStore
-from domainclust.modalities.medical.ct import MODALITY as CT
-from domainclust.modalities.medical.mri import MODALITY as MRI
+from domainclust.errors import DomainclustError
 
 SMALL = {"spacing": None, "tile_size": 32, "max_background": 1.0}  # keep CT5N's 16 px slices
 

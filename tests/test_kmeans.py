@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import normalized_mutual_info_score
 
-from domainclust.errors import DomainclustError
 from domainclust.clustering.kmeans import kmeans, repair_empty
+from domainclust.errors import DomainclustError
 
 BACKENDS = ["faiss", "torch"]  # cuvs: tests/test_gpu.py
 

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from domainclust.modalities.medical.tiles import (
     gather_tiles,
     pad_to_tile,
@@ -13,7 +12,12 @@ from domainclust.modalities.medical.tiles import (
     slab_indices,
     tile_starts,
 )
-from domainclust.modalities.medical.volume import check_slice_spacing, contiguous_runs, hashed, scrub
+from domainclust.modalities.medical.volume import (
+    check_slice_spacing,
+    contiguous_runs,
+    hashed,
+    scrub,
+)
 
 
 def test_regular_spacing_has_no_problem() -> None:

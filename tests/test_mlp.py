@@ -10,7 +10,13 @@ from test_evaluation_fixtures import write_store
 from test_voc import synthetic_checkpoint
 
 from domainclust.errors import DomainclustError
-from domainclust.evaluation.probes.mlp import MlpSettings, evaluate_mlp, reset_mlp, tensor_draw, train_mlp
+from domainclust.evaluation.probes.mlp import (
+    MlpSettings,
+    evaluate_mlp,
+    reset_mlp,
+    tensor_draw,
+    train_mlp,
+)
 from domainclust.networks.model import DeepClusterNet, ModelSpec
 
 SPEC = ModelSpec(arch="alexnet", stem="stride1", frontend="sobel", channels=("red", "green", "blue"),

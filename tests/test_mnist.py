@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from domainclust.modalities.mnist import ingest
 from typer.testing import CliRunner
 
 from domainclust.cli import app
-from domainclust.errors import DomainclustError
-from domainclust.modalities.mnist import ingest
 from domainclust.data.store import TileStore
+from domainclust.errors import DomainclustError
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(

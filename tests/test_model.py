@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from domainclust.networks.backbones import auto_stem, geometry
 from domainclust.errors import DomainclustError
+from domainclust.networks.backbones import auto_stem, geometry
 from domainclust.networks.frontends import GradientFrontEnd
 from domainclust.networks.model import DeepClusterNet, ModelSpec
 

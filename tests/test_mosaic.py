@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from domainclust.modalities.medical.mri import MODALITY
 from medical_data import SIEMENS_MR, floats, ingest, reasons, robust_z, siemens_mosaic
 
-from domainclust.errors import DomainclustError
 from domainclust.data.ingest import default_report_path
-from domainclust.modalities.medical.mri import MODALITY
 from domainclust.data.store import TileStore
+from domainclust.errors import DomainclustError
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # nibabel: "DICOM readers are highly experimental"

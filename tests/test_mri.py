@@ -13,6 +13,9 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from domainclust.modalities.medical.mri import MODALITY
+from domainclust.modalities.medical.nifti import load_nifti
+from domainclust.modalities.medical.slices import load_series
 from medical_data import (
     MR_SCOUTS,
     NIBABEL_DATA,
@@ -29,13 +32,10 @@ from medical_data import (
     siemens_mosaic,
 )
 
-from domainclust.errors import DomainclustError
 from domainclust.data.ingest import default_report_path
 from domainclust.data.modality import get_modality
 from domainclust.data.store import TileStore
-from domainclust.modalities.medical.slices import load_series
-from domainclust.modalities.medical.mri import MODALITY
-from domainclust.modalities.medical.nifti import load_nifti
+from domainclust.errors import DomainclustError
 
 WHOLE = {"spacing": None, "max_background": 1.0}  # native pixels, every tile kept
 

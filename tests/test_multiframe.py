@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from domainclust.modalities.medical.ct import MODALITY
 from medical_data import ingest, pydicom_file, reasons
 from pydicom.sequence import Sequence
 
-from domainclust.modalities.medical.ct import MODALITY
 from domainclust.data.store import TileStore
 
 WIDE = {"spacing": None, "tile_size": 256, "max_background": 1.0, "windows": {"wide": [4000, 976]}}

@@ -11,13 +11,13 @@ import nibabel as nib
 import nrrd
 import numpy as np
 import pytest
-from medical_data import crop_nrrd, ingest, pyradiomics_dir, reasons
-
-from domainclust.errors import DomainclustError
-from domainclust.data.ingest import default_report_path
 from domainclust.modalities.medical.ct import MODALITY as CT
 from domainclust.modalities.medical.nrrd import load_nrrd
+from medical_data import crop_nrrd, ingest, pyradiomics_dir, reasons
+
+from domainclust.data.ingest import default_report_path
 from domainclust.data.store import TileStore
+from domainclust.errors import DomainclustError
 
 # lung2: 512x512x61 at 0.627 mm x 5 mm; its tumour spans x 318-404, y 333-398, z 15-25.
 BOX = (slice(300, 412), slice(320, 416), slice(17, 21))

@@ -14,8 +14,8 @@ import typer.main
 
 from domainclust.cli import app
 from domainclust.config import resolve
-from domainclust.errors import DomainclustError
 from domainclust.data.modality import get_modality, ingest_options, shipped_recipe
+from domainclust.errors import DomainclustError
 from domainclust.report import ReportSettings
 from domainclust.validation import MAX_UPSCALE
 

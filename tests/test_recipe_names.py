@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from domainclust.cli import app
 from domainclust.config import resolve, to_dict
-from domainclust.errors import DomainclustError
 from domainclust.data.modality import get_modality, ingest_options, load_recipe
+from domainclust.errors import DomainclustError
 from domainclust.replication.recipes import load_recipe as load_named
 from domainclust.replication.recipes import pretrain_config
 

@@ -18,6 +18,7 @@ from reference_data import (
     write_voc2012,
 )
 
+from domainclust.data.store import TileStore
 from domainclust.errors import DomainclustError
 from domainclust.evaluation.voc.layout import read_voc
 from domainclust.replication.datasets import prepare_store
@@ -31,7 +32,6 @@ from domainclust.replication.layouts import (
     voc2012,
     voc2012_segmentation,
 )
-from domainclust.data.store import TileStore
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from domainclust.engine import deepcluster
-from domainclust.data import remote
 from domainclust.config import resolve
-from domainclust.errors import DomainclustError
-from domainclust.engine.staging import stage_tiles
+from domainclust.data import remote
 from domainclust.data.store import StoreSpec, TileStore, TileStoreWriter
+from domainclust.engine import deepcluster
+from domainclust.engine.staging import stage_tiles
+from domainclust.errors import DomainclustError
 
 SMALL = ["subset_size=256", "data.tiles_per_chunk=128", "k=8", "epochs=1", "batch_size=64",
          "pca_dim=16", "device=cpu", "model.width=0.25", "report=false"]

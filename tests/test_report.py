@@ -14,9 +14,9 @@ from browser import find_chromium, probe_page
 from PIL import Image
 from typer.testing import CliRunner
 
-from domainclust.engine import deepcluster
 from domainclust.cli import app
 from domainclust.config import resolve
+from domainclust.engine import deepcluster
 from domainclust.errors import DomainclustError
 from domainclust.evaluation import low_shot
 from domainclust.evaluation.results import write_finetune

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from domainclust.modalities.images.rgb import MODALITY, RgbAdapter
 from PIL import Image
 from skimage import data as skimage_data
 from typer.testing import CliRunner
 
 from domainclust import cli
-from domainclust.errors import DomainclustError
 from domainclust.data.ingest import default_report_path, run_ingest
 from domainclust.data.store import TileStore
-from domainclust.modalities.images.rgb import MODALITY, RgbAdapter
+from domainclust.errors import DomainclustError
 
 SIZE = 48
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry")

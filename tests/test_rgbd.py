@@ -10,18 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from domainclust.modalities.images.rgbd import MODALITY
 from PIL import Image
 from skimage import data as skimage_data
 from typer.testing import CliRunner
 
 from domainclust import cli
 from domainclust.config import resolve
+from domainclust.data.ingest import default_report_path
+from domainclust.data.store import TileStore
 from domainclust.engine.deepcluster import model_spec
 from domainclust.errors import DomainclustError
-from domainclust.data.ingest import default_report_path
 from domainclust.networks.model import DeepClusterNet
-from domainclust.data.store import TileStore
-from domainclust.modalities.images.rgbd import MODALITY
 
 
 def relative(path: str, root: Path) -> str:

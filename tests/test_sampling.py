@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from domainclust.errors import DomainclustError
 from domainclust.engine.sampling import cluster_uniform_indices, sample_subset, training_draw
+from domainclust.errors import DomainclustError
 
 
 def unbalanced_labels(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from domainclust.cli import app
 from domainclust.config import ARCHS, STEMS, resolve
+from domainclust.data.store import TileStore
 from domainclust.engine.deepcluster import pretrain
 from domainclust.errors import DomainclustError
 from domainclust.evaluation.features import read_float_tiles
@@ -32,8 +33,8 @@ from domainclust.networks.model import DeepClusterNet, ModelSpec
 from domainclust.report import write_report
 from domainclust.report.segment import PALETTE, colour_masks, load_segment, panel_scale
 from domainclust.segmentation import SegmentationNet, SegmentSettings, confusion, scores
-from domainclust.segmentation.examples import load_examples
 from domainclust.segmentation.baselines import fit_pixel_logistic, neighbourhood_features
+from domainclust.segmentation.examples import load_examples
 from domainclust.segmentation.protocol import (
     class_masks,
     low_shot_segment,
@@ -43,7 +44,6 @@ from domainclust.segmentation.protocol import (
     write_segment,
 )
 from domainclust.segmentation.training import balanced_weights, predict_masks, train_segmenter
-from domainclust.data.store import TileStore
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
 TILE = 32

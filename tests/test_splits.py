@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from domainclust.data.store import StoreSpec, TileStore, TileStoreWriter
 from domainclust.errors import DomainclustError
 from domainclust.evaluation.data import store_split, tile_groups
-from domainclust.data.store import StoreSpec, TileStore, TileStoreWriter
 
 SIDE = 32
 

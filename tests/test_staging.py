@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from domainclust.errors import DomainclustError
-from domainclust.engine.staging import choose_cache, stage_tiles
 from domainclust.data.store import TileStore
+from domainclust.engine.staging import choose_cache, stage_tiles
+from domainclust.errors import DomainclustError
 
 
 def test_ram_and_memmap_staging_hold_the_same_tiles(mnist_store, tmp_path) -> None:

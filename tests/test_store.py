@@ -5,8 +5,8 @@ import pytest
 import torch
 import zarr
 
-from domainclust.errors import DomainclustError
 from domainclust.data.store import StoreSpec, TileStore, TileStoreWriter, write_subset
+from domainclust.errors import DomainclustError
 
 
 def spec(**changes) -> StoreSpec:

@@ -11,10 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pydicom
-from medical_data import CT5N, ingest, pydicom_file
-
 from domainclust.modalities.medical.ct import MODALITY as CT
 from domainclust.modalities.medical.mri import MODALITY as MR
+from medical_data import CT5N, ingest, pydicom_file
 
 PIXEL_DATA = 0x7FE00010
 SMALL = {"spacing": None, "tile_size": 32, "max_background": 1.0}

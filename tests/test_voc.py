@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from domainclust.errors import DomainclustError
+from domainclust.evaluation.voc.images import evaluate_voc
 from domainclust.evaluation.voc.layout import (
     VOC_CLASSES,
     mean_average_precision,
@@ -20,7 +21,6 @@ from domainclust.evaluation.voc.layout import (
     read_voc,
     voc07_average_precision,
 )
-from domainclust.evaluation.voc.images import evaluate_voc
 from domainclust.evaluation.voc.protocols import (
     VocSettings,
     multilabel_loss,

@@ -35,8 +35,8 @@ def pretrain(
 ) -> None:
     """Train (or resume) DeepCluster on a TileStore."""
     from domainclust import config as cfg
-    from domainclust.engine.deepcluster import pretrain as run_pretrain
     from domainclust.data.modality import get_modality
+    from domainclust.engine.deepcluster import pretrain as run_pretrain
     from domainclust.replication.recipes import pretrain_config
 
     recipe: dict = {}

@@ -20,11 +20,17 @@ from typing import Any
 
 import numpy as np
 
-from domainclust.errors import DomainclustError
 from domainclust.data.ingest_item import (
-    Adapter, Skipped, SourceItem, TileBatch, item_meta, item_record, read_item,
+    Adapter,
+    Skipped,
+    SourceItem,
+    TileBatch,
+    item_meta,
+    item_record,
+    read_item,
 )
 from domainclust.data.store import TileStoreWriter
+from domainclust.errors import DomainclustError
 
 
 @dataclass

@@ -26,12 +26,19 @@ from tqdm.auto import tqdm
 
 from domainclust.atomic import atomic_write_text
 from domainclust.data.dask_ingest import ingest_on_dask
-from domainclust.errors import DomainclustError
 from domainclust.data.ingest_item import (
-    Adapter, Skipped, SourceItem, TileBatch, adapter_masks, item_meta, item_record, read_item,
+    Adapter,
+    Skipped,
+    SourceItem,
+    TileBatch,
+    adapter_masks,
+    item_meta,
+    item_record,
+    read_item,
 )
 from domainclust.data.salt import salt_id
 from domainclust.data.store import TileStoreWriter, is_our_store
+from domainclust.errors import DomainclustError
 
 REPORT_SUFFIX = ".ingest-report.json"  # the report sits beside the store: it names files by path
 TERMINAL_LINES = 200  # skipped items listed on the terminal; the report file lists them all

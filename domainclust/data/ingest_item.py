@@ -15,8 +15,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from domainclust.errors import DomainclustError
 from domainclust.data.store import StoreSpec
+from domainclust.errors import DomainclustError
 
 
 @dataclass

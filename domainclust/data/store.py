@@ -44,9 +44,9 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from domainclust.errors import DomainclustError
 from domainclust.data.lock import StoreLock
 from domainclust.data.remote import retrying
+from domainclust.errors import DomainclustError
 
 if TYPE_CHECKING:
     import torch

@@ -16,8 +16,8 @@ import albumentations as A
 import numpy as np
 import torch
 
-from domainclust.errors import DomainclustError
 from domainclust.data.normalise import to_input
+from domainclust.errors import DomainclustError
 
 _SIZED = {"RandomResizedCrop", "RandomSizedCrop"}  # take size=(h, w)
 _HEIGHT_WIDTH = {"CenterCrop", "RandomCrop", "Resize"}  # take height=, width=

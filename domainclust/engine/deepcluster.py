@@ -30,34 +30,34 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from domainclust import distributed
-from domainclust.engine.augment import AugmentedTiles, build_augmentation, seed_worker
-from domainclust.networks.backbones import auto_stem
-from domainclust.engine.batch_augment import build_batch_augmentation
+from domainclust.clustering.kmeans import kmeans
+from domainclust.clustering.pic import pic
 from domainclust.config import Config
-from domainclust.engine.descriptors import compute_descriptors
+from domainclust.data.store import TileStore
 from domainclust.device import (
     available_cores,
     device_memory_budget,
     limit_cpu_threads,
     resolve_device,
 )
-from domainclust.engine.device_batches import AugmentedBatches, StagedTiles
 from domainclust.distributed import SINGLE, Dist
-from domainclust.errors import DomainclustError
-from domainclust.networks.export import spec_from_dict
+from domainclust.engine.augment import AugmentedTiles, build_augmentation, seed_worker
+from domainclust.engine.batch_augment import build_batch_augmentation
+from domainclust.engine.descriptors import compute_descriptors
+from domainclust.engine.device_batches import AugmentedBatches, StagedTiles
 from domainclust.engine.extract import extract_features
-from domainclust.clustering.kmeans import kmeans
 from domainclust.engine.metrics import cluster_size_stats, nmi, nmi_on_common
+from domainclust.engine.sampling import EpochSampler, rank_share, sample_subset, training_draw
+from domainclust.engine.staging import stage_tiles
+from domainclust.engine.warmstart import apply_init, init_record, read_init
+from domainclust.errors import DomainclustError
+from domainclust.networks.backbones import auto_stem
+from domainclust.networks.export import spec_from_dict
 from domainclust.networks.model import DeepClusterNet, ModelSpec
-from domainclust.clustering.pic import pic
 from domainclust.report import report_after_pretrain
 from domainclust.rundir import RunDir, absolute_store, atomic_write_text
-from domainclust.engine.sampling import EpochSampler, rank_share, sample_subset, training_draw
 from domainclust.seeds import derive_seed
-from domainclust.engine.staging import stage_tiles
-from domainclust.data.store import TileStore
 from domainclust.validation import check_config
-from domainclust.engine.warmstart import apply_init, init_record, read_init
 
 CHECKPOINT_FORMAT = 1
 INIT_RECORD = "init.json"  # R/init.json: the network the trunk started from, channel map

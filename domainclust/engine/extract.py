@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from domainclust.data.store import TileStore
 from domainclust.engine.device_batches import FloatBatches
 from domainclust.networks.model import DeepClusterNet
-from domainclust.data.store import TileStore
 
 
 def tile_batches(

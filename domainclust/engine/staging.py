@@ -13,8 +13,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from domainclust.config import CACHES, one_of
-from domainclust.errors import DomainclustError
 from domainclust.data.store import TileStore
+from domainclust.errors import DomainclustError
 
 RAM_FRACTION = 0.25  # stage in RAM while the subset takes at most this share of physical memory
 

@@ -6,20 +6,24 @@ checkpoint (or run dir, or exported backbone) and a labelled TileStore, and retu
 that prints as a table and serialises to JSON.
 """
 
+from domainclust.evaluation.data import Split, make_split, split_indices, store_labels
+from domainclust.evaluation.lowshot.fewshot import low_shot
+from domainclust.evaluation.lowshot.finetune import FinetuneSettings
+from domainclust.evaluation.lowshot.result import LowShotResult
+from domainclust.evaluation.models import Trained, load_trained
 from domainclust.evaluation.probes.clusters import (
     ClusterEvalResult,
     evaluate_clusters,
     intra_class_edge_ratio,
     nmi_to_labels,
 )
-from domainclust.evaluation.data import Split, make_split, split_indices, store_labels
-from domainclust.evaluation.lowshot.fewshot import low_shot
-from domainclust.evaluation.lowshot.finetune import FinetuneSettings
 from domainclust.evaluation.probes.knn import KnnResult, embed_store, evaluate_knn, knn_accuracy
 from domainclust.evaluation.probes.linear import LinearProbeResult, evaluate_linear
-from domainclust.evaluation.lowshot.result import LowShotResult
-from domainclust.evaluation.models import Trained, load_trained
-from domainclust.evaluation.voc.layout import mean_average_precision, read_voc, voc07_average_precision
+from domainclust.evaluation.voc.layout import (
+    mean_average_precision,
+    read_voc,
+    voc07_average_precision,
+)
 from domainclust.evaluation.voc.protocols import VocResult, VocSettings, voc_classification
 
 __all__ = [

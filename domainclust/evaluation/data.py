@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from domainclust.errors import DomainclustError
 from domainclust.data.store import TileStore
+from domainclust.errors import DomainclustError
 
 
 @dataclass(frozen=True)

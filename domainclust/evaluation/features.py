@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from domainclust.errors import DomainclustError
-from domainclust.engine.extract import tile_batches
 from domainclust.data.store import TileStore
+from domainclust.engine.extract import tile_batches
+from domainclust.errors import DomainclustError
 
 FEATURES = "features"  # the clustering feature: fc7 before ReLU (AlexNet/VGG), pooled trunk (ResNet)
 TARGET_DIMS = 9600

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from domainclust.data.store import TileStore
 from domainclust.device import limit_cpu_threads, resolve_device
 from domainclust.evaluation.data import store_labels
 from domainclust.evaluation.models import Trained, align_store, load_trained
-from domainclust.data.store import TileStore
 
 
 @dataclass

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from domainclust.data.channels import map_channels
+from domainclust.data.store import TileStore
 from domainclust.errors import DomainclustError
 from domainclust.networks.export import load_backbone, read_checkpoint
 from domainclust.networks.model import DeepClusterNet, ModelSpec
-from domainclust.data.store import TileStore
 
 
 @dataclass

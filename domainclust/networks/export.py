@@ -22,9 +22,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
+from domainclust.data.normalise import to_input
+from domainclust.data.store import TileStore
 from domainclust.errors import DomainclustError
 from domainclust.networks.model import ModelSpec, Trunk
-from domainclust.data.normalise import to_input
 from domainclust.rundir import (
     RunDir,
     atomic_write,
@@ -32,7 +33,6 @@ from domainclust.rundir import (
     load_checkpoint,
     recorded_store,
 )
-from domainclust.data.store import TileStore
 
 CARD_NAME = "card.json"
 WEIGHTS_NAME = "backbone.safetensors"

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from domainclust.networks.backbones import build_backbone, head_init_
 from domainclust.errors import DomainclustError
+from domainclust.networks.backbones import build_backbone, head_init_
 from domainclust.networks.frontends import GradientFrontEnd
 
 

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from domainclust import config as cfg
+from domainclust.data.store import TileStore, write_subset
 from domainclust.errors import DomainclustError
 from domainclust.evaluation.data import save_split, store_split
-from domainclust.data.store import TileStore, write_subset
 
 CLAIM_KINDS = ("baseline", "contrast")
 FINETUNE_FILE = Path("eval") / "finetune.json"
@@ -254,8 +254,8 @@ def run_replication(
     """Ingest the base modality's data once and split it, then pretrain every variant not yet
     measured on the training side (each in RUN/<variant>, resumable), score it on the held-out
     side, and build the claims table."""
-    from domainclust.engine.deepcluster import pretrain
     from domainclust.data.modality import get_modality
+    from domainclust.engine.deepcluster import pretrain
 
     run = Path(run_dir)
     chosen = variants or list(recipe.variants)

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from domainclust.atomic import atomic_write_text
-from domainclust.errors import DomainclustError
 from domainclust.data.ingest import default_report_path
 from domainclust.data.modality import get_modality, ingest_options
 from domainclust.data.store import TileStore
+from domainclust.errors import DomainclustError
 from domainclust.replication.layouts import LabelledImages, read_split, voc2012_segmentation
 
 IMAGE_MODALITY = "rgb"

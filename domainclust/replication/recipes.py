@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from domainclust import config as cfg
+from domainclust.data.modality import domain_recipe_names, shipped_recipe
 from domainclust.errors import DomainclustError
 from domainclust.evaluation.probes.mlp import MlpSettings
 from domainclust.evaluation.voc.protocols import VOC_PROTOCOLS, VocSettings
-from domainclust.data.modality import domain_recipe_names, shipped_recipe
 
 PAPER_FOLDER = "paper"
 PROTOCOLS = ("linear", "mlp", "voc", "low-shot", "segment")

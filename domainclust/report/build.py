@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from domainclust.atomic import atomic_write, atomic_write_text
+from domainclust.data.store import TileStore
 from domainclust.device import resolve_device
 from domainclust.errors import DomainclustError
 from domainclust.evaluation.lowshot.result import load_lowshot
@@ -39,7 +40,6 @@ from domainclust.report.page import (
 from domainclust.report.rendering import Renderer, build_renderer
 from domainclust.report.segment import SEGMENT_FILE, load_segment, segment_section
 from domainclust.rundir import RunDir
-from domainclust.data.store import TileStore
 
 RENDER_SAMPLE = 256  # tiles that set the display ranges (percentiles)
 

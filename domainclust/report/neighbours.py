@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from domainclust.data.store import TileStore
 from domainclust.engine.extract import tile_batches
 from domainclust.networks.model import Trunk
 from domainclust.report.figures import Figure, grid, png_bytes, pyplot
-from domainclust.data.store import TileStore
 
 
 @torch.no_grad()

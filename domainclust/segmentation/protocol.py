@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from domainclust.data.store import TileStore
 from domainclust.device import limit_cpu_threads, resolve_device
 from domainclust.errors import DomainclustError
 from domainclust.evaluation.data import store_split
@@ -49,7 +50,6 @@ from domainclust.segmentation.training import (
     select_and_train,
     tile_folds,
 )
-from domainclust.data.store import TileStore
 
 NETWORKS = ("random_init", "pretrained")
 METHODS = (*BASELINES, *NETWORKS)

@@ -32,17 +32,12 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from rasterio.errors import RasterioError
-from rasterio.windows import Window
-
-from domainclust.errors import DomainclustError
-from domainclust.data.ingest import run_ingest, store_key
-from domainclust.data.ingest_item import MaskLayout, Skip, SourceItem, TileBatch
-from domainclust.data.modality import Modality
-from domainclust.data.store import StoreSpec, mask_dtype_for
 from domainclust.modalities.geo.options import DEFAULTS, BandRequest, GeoOptions, parse_options
 from domainclust.modalities.geo.reader import (
-    BlockRead, open_scene, read_block, scene_has_valid_pixel,
+    BlockRead,
+    open_scene,
+    read_block,
+    scene_has_valid_pixel,
 )
 from domainclust.modalities.geo.scenes import (
     Scene,
@@ -61,6 +56,14 @@ from domainclust.modalities.geo.stats import (
     robust_range,
     sample_pixels,
 )
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from domainclust.data.ingest import run_ingest, store_key
+from domainclust.data.ingest_item import MaskLayout, Skip, SourceItem, TileBatch
+from domainclust.data.modality import Modality
+from domainclust.data.store import StoreSpec, mask_dtype_for
+from domainclust.errors import DomainclustError
 
 BLOCK_PX = 1024  # an item's window: ~54 MB as float32 for 13 bands, and few commits per scene
 SENTINEL2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10",

@@ -15,16 +15,15 @@ from typing import Protocol
 
 import numpy as np
 import rasterio
+from domainclust.modalities.geo.qa import unusable
+from domainclust.modalities.geo.scenes import Scene, read_window, valid_pixels
+from domainclust.modalities.geo.stack import BandStack
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.io import DatasetReader
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
-
-from domainclust.modalities.geo.qa import unusable
-from domainclust.modalities.geo.scenes import Scene, read_window, valid_pixels
-from domainclust.modalities.geo.stack import BandStack
 
 
 class WindowReader(Protocol):

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
+from domainclust.modalities.geo.bands import match_band_file
+from domainclust.modalities.geo.options import BandRequest
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
@@ -23,8 +25,6 @@ from rasterio.warp import transform as transform_coords
 from rasterio.windows import Window
 
 from domainclust.errors import DomainclustError
-from domainclust.modalities.geo.bands import match_band_file
-from domainclust.modalities.geo.options import BandRequest
 
 if TYPE_CHECKING:
     from domainclust.modalities.geo.stack import BandStack

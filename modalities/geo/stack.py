@@ -19,12 +19,6 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from rasterio.crs import CRS
-from rasterio.enums import Resampling
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
-from rasterio.transform import Affine
-from rasterio.vrt import WarpedVRT
-
 from domainclust.modalities.geo.bands import (
     FILL_DN,
     QA_BANDS,
@@ -44,6 +38,11 @@ from domainclust.modalities.geo.scenes import (
     gdal_message,
     label_path,
 )
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.transform import Affine
+from rasterio.vrt import WarpedVRT
 
 QA_SAMPLE_PX = 512  # side of the decimated QA read that tells its bit layout
 

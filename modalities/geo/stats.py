@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from domainclust.modalities.geo.reader import open_scene
+from domainclust.modalities.geo.scenes import Scene, gdal_message, tile_grid
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 from tqdm.auto import tqdm
-
-from domainclust.modalities.geo.reader import open_scene
-from domainclust.modalities.geo.scenes import Scene, gdal_message, tile_grid
 
 # Float range a stretched (non-lossless) store keeps at least: uint16 keeps values far outside
 # the percentile range (clouds, water, saturation), widened per band to the sample's extremes

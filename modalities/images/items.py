@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from domainclust.config import build_dataclass
-from domainclust.errors import DomainclustError
 from domainclust.data.ingest_item import Skip, SourceItem, TileBatch
+from domainclust.errors import DomainclustError
 
 T = TypeVar("T")
 K = TypeVar("K")

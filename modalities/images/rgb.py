@@ -36,12 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from domainclust.errors import DomainclustError
-from domainclust.data.ingest import run_ingest
-from domainclust.data.ingest_item import MaskLayout, SourceItem, TileBatch
-from domainclust.data.modality import Modality
-from domainclust.data.store import StoreSpec
 from domainclust.modalities.images.decode import (
     UnreadableFile,
     decode_rgb,
@@ -50,7 +44,6 @@ from domainclust.modalities.images.decode import (
     square_tile,
     walk_files,
 )
-from domainclust.replication.layouts import VOC_SEGMENTATION_CLASSES, VOC_VOID, read_voc_mask
 from domainclust.modalities.images.items import (
     Entry,
     class_names,
@@ -63,6 +56,13 @@ from domainclust.modalities.images.items import (
     root_names,
     skipped_item,
 )
+
+from domainclust.data.ingest import run_ingest
+from domainclust.data.ingest_item import MaskLayout, SourceItem, TileBatch
+from domainclust.data.modality import Modality
+from domainclust.data.store import StoreSpec
+from domainclust.errors import DomainclustError
+from domainclust.replication.layouts import VOC_SEGMENTATION_CLASSES, VOC_VOID, read_voc_mask
 
 CHANNELS = ("red", "green", "blue")
 LABEL_MODES = ("auto", "folders", "none")

@@ -39,13 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
-
-from domainclust.errors import DomainclustError
-from domainclust.data.ingest import run_ingest
-from domainclust.data.ingest_item import SourceItem, TileBatch
-from domainclust.data.modality import Modality
-from domainclust.data.store import StoreSpec
 from domainclust.modalities.images.decode import (
     IMAGE_EXTENSIONS,
     UnreadableFile,
@@ -67,6 +60,13 @@ from domainclust.modalities.images.items import (
     root_names,
     skipped_item,
 )
+from PIL import Image
+
+from domainclust.data.ingest import run_ingest
+from domainclust.data.ingest_item import SourceItem, TileBatch
+from domainclust.data.modality import Modality
+from domainclust.data.store import StoreSpec
+from domainclust.errors import DomainclustError
 
 RGB_DIRS = ("rgb", "color", "colour", "image", "images")
 DEPTH_DIRS = ("depth", "disparity")

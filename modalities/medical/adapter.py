@@ -22,11 +22,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-
-from domainclust.errors import DomainclustError
-from domainclust.data.ingest_item import MaskLayout, Skip, SourceItem, TileBatch
-from domainclust.data.salt import installation_salt
-from domainclust.data.store import StoreSpec, mask_dtype_for
 from domainclust.modalities.medical.dicom import group_series
 from domainclust.modalities.medical.dicom_seg import OVERLAP_MODES, load_seg_mask, seg_classes
 from domainclust.modalities.medical.masks import (
@@ -51,6 +46,11 @@ from domainclust.modalities.medical.tiles import (
     slab_indices,
 )
 from domainclust.modalities.medical.volume import Volume, hashed
+
+from domainclust.data.ingest_item import MaskLayout, Skip, SourceItem, TileBatch
+from domainclust.data.salt import installation_salt
+from domainclust.data.store import StoreSpec, mask_dtype_for
+from domainclust.errors import DomainclustError
 
 # Sidecars that sit next to images (BIDS JSON, notes); not reported as unreadable files.
 IGNORED_SUFFIXES = {".json", ".txt", ".tsv", ".csv", ".md", ".bval", ".bvec", ".xml", ".log"}

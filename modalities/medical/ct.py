@@ -17,13 +17,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from domainclust.modalities.medical.adapter import (
+    COMMON_DEFAULTS,
+    MedicalAdapter,
+    TileOptions,
+    parse_common,
+)
+from domainclust.modalities.medical.volume import Volume
 
-from domainclust.errors import DomainclustError
 from domainclust.data.ingest import run_ingest
 from domainclust.data.ingest_item import Skip
 from domainclust.data.modality import Modality
-from domainclust.modalities.medical.adapter import COMMON_DEFAULTS, MedicalAdapter, TileOptions, parse_common
-from domainclust.modalities.medical.volume import Volume
+from domainclust.errors import DomainclustError
 
 AIR_HU = -1024.0
 DEFAULT_WINDOWS: dict[str, list[float]] = {

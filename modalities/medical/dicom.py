@@ -23,16 +23,16 @@ from typing import Any
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID
-
-from domainclust.data.ingest_item import SourceItem
 from domainclust.modalities.medical.mosaic import is_mosaic
 from domainclust.modalities.medical.multiframe import number_of_frames
 from domainclust.modalities.medical.slices import same_orientation
 from domainclust.modalities.medical.truncation import read_dataset
 from domainclust.modalities.medical.volume import hashed, scrub
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from domainclust.data.ingest_item import SourceItem
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 HEADER_TAGS = ["Modality", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Rows",

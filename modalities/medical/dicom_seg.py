@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from domainclust.modalities.medical.volume import Volume, hashed, scrub
 
 from domainclust.data.ingest_item import Skip, SourceItem
-from domainclust.modalities.medical.volume import Volume, hashed, scrub
 
 SEG_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation Storage
                    "1.2.840.10008.5.1.4.1.1.66.7")  # Label Map Segmentation Storage

@@ -28,9 +28,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from domainclust.errors import DomainclustError
-from domainclust.data.ingest_item import Skip, SourceItem
 from domainclust.modalities.medical.dicom_seg import (
     find_segs,
     is_seg,
@@ -38,6 +35,9 @@ from domainclust.modalities.medical.dicom_seg import (
     pair_series,
 )
 from domainclust.modalities.medical.volume import Volume, hashed
+
+from domainclust.data.ingest_item import Skip, SourceItem
+from domainclust.errors import DomainclustError
 
 MASK_SUFFIXES = ("_label", "_labels", "_mask", "_seg", "-label", "-labels", "-mask", "-seg")
 IMAGE_SUFFIXES = ("_image", "-image", "_img", "-img")

@@ -15,9 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydicom.dataset import Dataset
-
-from domainclust.data.ingest_item import Skip
 from domainclust.modalities.medical.slices import (
     Slice,
     SliceGeometry,
@@ -28,6 +25,9 @@ from domainclust.modalities.medical.slices import (
     stack_slices,
 )
 from domainclust.modalities.medical.volume import Volume, scrub
+from pydicom.dataset import Dataset
+
+from domainclust.data.ingest_item import Skip
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # nibabel warns that its DICOM readers are young

@@ -18,13 +18,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from domainclust.modalities.medical.adapter import (
+    COMMON_DEFAULTS,
+    MedicalAdapter,
+    TileOptions,
+    parse_common,
+)
+from domainclust.modalities.medical.volume import Volume
 
-from domainclust.errors import DomainclustError
 from domainclust.data.ingest import run_ingest
 from domainclust.data.ingest_item import Skip
 from domainclust.data.modality import Modality
-from domainclust.modalities.medical.adapter import COMMON_DEFAULTS, MedicalAdapter, TileOptions, parse_common
-from domainclust.modalities.medical.volume import Volume
+from domainclust.errors import DomainclustError
 
 IQR_TO_SD = 1.349  # IQR of a normal distribution in standard deviations
 SAMPLE_VOXELS = 1_000_000  # statistics from a strided sample: percentiles of 10^8 voxels are slow

@@ -14,9 +14,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from pydicom.dataset import Dataset
-
-from domainclust.data.ingest_item import Skip
 from domainclust.modalities.medical.slices import (
     Slice,
     fallback_step,
@@ -28,6 +25,9 @@ from domainclust.modalities.medical.slices import (
     stack_slices,
 )
 from domainclust.modalities.medical.volume import Volume
+from pydicom.dataset import Dataset
+
+from domainclust.data.ingest_item import Skip
 
 NO_FRAME_GROUPS = ("is multi-frame without per-frame functional groups: its frames cannot be "
                    "placed in space")

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from domainclust.modalities.medical.volume import Volume, scrub
 from nibabel import orientations
 
 from domainclust.data.ingest_item import Skip
-from domainclust.modalities.medical.volume import Volume, scrub
 
 SUFFIXES = (".nii", ".nii.gz")
 AXIAL_DICOM_LIKE = ("P", "L", "S")  # (row, column, slice) directions

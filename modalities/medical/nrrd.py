@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from domainclust.data.ingest_item import Skip
 from domainclust.modalities.medical.nifti import axial_volume
 from domainclust.modalities.medical.volume import Volume, scrub
+
+from domainclust.data.ingest_item import Skip
 
 SUFFIXES = (".nrrd", ".nhdr")
 # Sign of each axis of a NRRD space in RAS+ (NRRD's "left-posterior-superior" is DICOM's LPS).

@@ -18,10 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut, pixel_array
-
-from domainclust.data.ingest_item import Skip
 from domainclust.modalities.medical.truncation import read_dataset
 from domainclust.modalities.medical.volume import (
     DUPLICATE_MM,
@@ -30,6 +26,10 @@ from domainclust.modalities.medical.volume import (
     contiguous_runs,
     scrub,
 )
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut, pixel_array
+
+from domainclust.data.ingest_item import Skip
 
 ORIENTATION_TOL = 1e-3
 DIFFERENT_ORIENTATIONS = ("slices have different orientations (a localizer or a set of "

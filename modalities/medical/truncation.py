@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from domainclust.modalities.medical.volume import scrub
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from domainclust.data.ingest_item import Skip
-from domainclust.modalities.medical.volume import scrub
 
 UNDEFINED_LENGTH = 0xFFFFFFFF
 PIXEL_DATA = 0x7FE00010

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from sklearn.metrics import balanced_accuracy_score
 
+from domainclust.data.store import TileStore
 from domainclust.errors import DomainclustError
-from domainclust.evaluation.lowshot.baselines import BASELINES, baseline_features
 from domainclust.evaluation.data import check_shots, sample_shots, store_split
 from domainclust.evaluation.features import (
     extract_layers,
@@ -30,17 +30,17 @@ from domainclust.evaluation.features import (
     layer_names,
     read_float_tiles,
 )
+from domainclust.evaluation.inputs import open_inputs
+from domainclust.evaluation.lowshot.baselines import BASELINES, baseline_features
 from domainclust.evaluation.lowshot.finetune import FinetuneSettings, select_and_finetune
 from domainclust.evaluation.lowshot.frozen import Standardiser, choose, fit_frozen
-from domainclust.evaluation.inputs import open_inputs
-from domainclust.evaluation.probes.knn import choose_neighbours, knn_predict
-from domainclust.evaluation.probes.linear import LinearClassifier
 from domainclust.evaluation.lowshot.result import LowShotResult, Row, Verdict
 from domainclust.evaluation.models import as_classifier, fresh_network
+from domainclust.evaluation.probes.knn import choose_neighbours, knn_predict
+from domainclust.evaluation.probes.linear import LinearClassifier
 from domainclust.evaluation.stats import mean_ci, verdict
 from domainclust.evaluation.training import predict
 from domainclust.seeds import derive_seed
-from domainclust.data.store import TileStore
 
 PROTOCOLS = ("linear", "knn", "finetune")
 FROZEN = ("linear", "knn")  # protocols on frozen features, which score the baselines too

@@ -12,13 +12,13 @@ import faiss
 import numpy as np
 import torch
 
+from domainclust.clustering.kmeans import kmeans
+from domainclust.data.store import TileStore
 from domainclust.engine.descriptors import compute_descriptors
+from domainclust.engine.metrics import nmi
 from domainclust.evaluation.features import FEATURES, extract_layers
 from domainclust.evaluation.inputs import open_inputs
-from domainclust.clustering.kmeans import kmeans
-from domainclust.engine.metrics import nmi
 from domainclust.rundir import RunDir
-from domainclust.data.store import TileStore
 
 
 def descriptors_of(features: np.ndarray, *, pca_dim: int) -> np.ndarray:

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
+from domainclust.data.store import TileStore
 from domainclust.errors import DomainclustError
 from domainclust.evaluation.data import store_labels
 from domainclust.evaluation.features import extract_layers, layer_label, resolve_layers
-from domainclust.evaluation.inputs import EvalInputs, open_inputs
 from domainclust.evaluation.grids import PROBE_WEIGHT_DECAYS
-from domainclust.evaluation.probes.linear import LinearProbeResult, ProbeRow, fit_probe
+from domainclust.evaluation.inputs import EvalInputs, open_inputs
 from domainclust.evaluation.models import align_store
-from domainclust.data.store import TileStore
+from domainclust.evaluation.probes.linear import LinearProbeResult, ProbeRow, fit_probe
 
 
 @dataclass

@@ -11,13 +11,13 @@ import faiss
 import numpy as np
 import torch
 
+from domainclust.data.store import TileStore
+from domainclust.engine.extract import extract_features
 from domainclust.evaluation.data import store_split
 from domainclust.evaluation.features import FEATURES, extract_layers, layer_label, resolve_layers
 from domainclust.evaluation.grids import LOW_SHOT_DEFAULT_K, LOW_SHOT_KS
 from domainclust.evaluation.inputs import open_inputs
-from domainclust.engine.extract import extract_features
 from domainclust.networks.model import DeepClusterNet
-from domainclust.data.store import TileStore
 
 
 def embed_store(

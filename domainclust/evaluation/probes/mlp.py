@@ -20,16 +20,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from domainclust.networks.backbones import head_init_
+from domainclust.data.store import TileStore
+from domainclust.engine.extract import tile_batches
 from domainclust.errors import DomainclustError
 from domainclust.evaluation.features import READ_BLOCK
-from domainclust.evaluation.training import augment, sgd
-from domainclust.evaluation.probes.heldout import open_heldout
 from domainclust.evaluation.models import as_classifier
+from domainclust.evaluation.probes.heldout import open_heldout
+from domainclust.evaluation.training import augment, sgd
 from domainclust.evaluation.voc.protocols import set_mode, trainable_parameters
-from domainclust.engine.extract import tile_batches
+from domainclust.networks.backbones import head_init_
 from domainclust.networks.model import DeepClusterNet
-from domainclust.data.store import TileStore
 
 TRAIN_SCORE_MAX = 10000
 Draw = Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]]  # → (float x, class ids)

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from domainclust.data.normalise import to_input
 from domainclust.device import limit_cpu_threads, resolve_device
 from domainclust.errors import DomainclustError
 from domainclust.evaluation.models import as_classifier, input_normalisation, load_trained
 from domainclust.evaluation.voc.layout import VocSet, read_voc
 from domainclust.evaluation.voc.protocols import VocResult, VocSettings, voc_classification
-from domainclust.data.normalise import to_input
 
 
 def load_images(voc: VocSet, *, size: int, limit: int | None = None) -> np.ndarray:
