@@ -101,12 +101,10 @@ def segment_rows(ev: EvaluationRecipe, *, checkpoint: Path, model: str, stores: 
     segment` does), scored by mIoU over the test split's labelled pixels; one row per entry of
     `layers` (`fc6-8`: the trunk frozen, `all`: every layer trained). Tiles are read at the
     store's size, so each keeps its mask pixel for pixel."""
-    import copy
-
     from domainclust.device import limit_cpu_threads, resolve_device
     from domainclust.evaluation.models import align_store
     from domainclust.replication.recipes import SEGMENT_LAYERS
-    from domainclust.segmentation.decoder import SegmentationNet
+    from domainclust.segmentation.decoder import decoder_factory
     from domainclust.segmentation.metrics import confusion, scores
     from domainclust.segmentation.protocol import POOL_TILES, frozen_trunk
     from domainclust.segmentation.training import SegmentSettings, predict_masks, select_and_train
@@ -128,13 +126,8 @@ def segment_rows(ev: EvaluationRecipe, *, checkpoint: Path, model: str, stores: 
     for layer in s.layers:
         frozen = SEGMENT_LAYERS[layer] == "frozen"
         base = frozen_trunk(trained.model, pool) if frozen else trained.model
-
-        def make_net(base: torch.nn.Module = base, frozen: bool = frozen) -> SegmentationNet:
-            torch.manual_seed(seed)  # the decoder's initialisation
-            trunk = base if frozen else copy.deepcopy(base)
-            return SegmentationNet(trunk, n_classes=k,
-                                   width=settings.decoder_width).to(dev)
-
+        make_net = decoder_factory(base, frozen=frozen, n_classes=k,
+                                   width=settings.decoder_width, device=dev, seed=seed)
         net, picked = select_and_train(make_net, x, y, n_classes=k, frozen=frozen,
                                        settings=settings, seed=seed)
         scored = scores(confusion(y_test, predict_masks(net, x_test), n_classes=k), names=names)

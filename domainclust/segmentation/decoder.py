@@ -10,6 +10,9 @@ only the trunk's BatchNorm statistics are recomputed.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -64,3 +67,16 @@ class SegmentationNet(nn.Module):
 
     def decoder_parameters(self) -> list[nn.Parameter]:
         return [p for name, p in self.named_parameters() if not name.startswith("trunk.")]
+
+
+def decoder_factory(base: Trunk, *, frozen: bool, n_classes: int, width: int,
+                    device: torch.device | str, seed: int) -> Callable[[], SegmentationNet]:
+    """Fresh networks on `base` for each fit: the decoder initialised from `seed`, the trunk
+    shared when frozen (it is not trained) and copied when fine-tuned."""
+
+    def make() -> SegmentationNet:
+        torch.manual_seed(seed)
+        trunk = base if frozen else copy.deepcopy(base)
+        return SegmentationNet(trunk, n_classes=n_classes, width=width).to(device)
+
+    return make

@@ -35,7 +35,7 @@ from domainclust.evaluation.stats import mean_ci
 from domainclust.evaluation.training import recompute_batchnorm
 from domainclust.seeds import derive_seed
 from domainclust.segmentation.baselines import BASELINES, fit_pixel_logistic, majority_class
-from domainclust.segmentation.decoder import SegmentationNet
+from domainclust.segmentation.decoder import decoder_factory
 from domainclust.segmentation.examples import (
     EXAMPLE_TILES,
     EXAMPLES_FILE,
@@ -213,13 +213,9 @@ def low_shot_segment(
                     else:
                         base = trained.model if method == "pretrained" else random_trunk
 
-                    def make_net(base: torch.nn.Module = base, frozen: bool = frozen,
-                                 seed: int = run_seed) -> SegmentationNet:
-                        torch.manual_seed(seed)  # the decoder's initialisation
-                        trunk = base if frozen else copy.deepcopy(base)
-                        return SegmentationNet(trunk, n_classes=k,
-                                               width=settings.decoder_width).to(dev)
-
+                    make_net = decoder_factory(base, frozen=frozen, n_classes=k,
+                                               width=settings.decoder_width, device=dev,
+                                               seed=run_seed)
                     net, picked = select_and_train(make_net, x, y, n_classes=k, frozen=frozen,
                                                    settings=settings, seed=run_seed)
                     record(method, proto, s, predict_masks(net, x_test), picked, repeat=r)
