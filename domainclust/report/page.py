@@ -40,11 +40,15 @@ class Section:
     body: str
 
 
+def data_uri(png: bytes) -> str:
+    """A PNG embedded in the page, so the file stands alone."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
 def figure_section(figure: Figure) -> Section:
-    data = base64.b64encode(figure.png).decode("ascii")
     return Section(figure.title,
                    f'<img id="fig-{escape(figure.name)}" alt="{escape(figure.title)}" '
-                   f'src="data:image/png;base64,{data}">\n'
+                   f'src="{data_uri(figure.png)}">\n'
                    f'<p class="caption">{escape(figure.caption)}</p>')
 
 

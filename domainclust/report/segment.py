@@ -9,7 +9,6 @@ exactly the stored mask.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import io
 from html import escape
@@ -19,7 +18,7 @@ import numpy as np
 
 from domainclust.errors import DomainclustError
 from domainclust.evaluation.lowshot.result import LowShotResult, load_lowshot
-from domainclust.report.page import Section, lowshot_tables, render_page
+from domainclust.report.page import Section, data_uri, lowshot_tables, render_page
 from domainclust.report.rendering import Renderer, build_renderer
 from domainclust.segmentation.examples import (
     EXAMPLES_FILE,
@@ -87,9 +86,8 @@ def png(image: np.ndarray) -> bytes:
 
 
 def _img(image: np.ndarray, *, id_: str, alt: str) -> str:
-    data = base64.b64encode(png(image)).decode("ascii")
     return (f'<img id="{escape(id_)}" class="panel" alt="{escape(alt)}" '
-            f'src="data:image/png;base64,{data}">')
+            f'src="{data_uri(png(image))}">')
 
 
 def overlay_tables(examples: SegmentExamples) -> str:
