@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from domainclust.modalities.medical.multiframe import functional_group
 from domainclust.modalities.medical.volume import Volume, hashed, scrub
 
 from domainclust.data.ingest_item import Skip, SourceItem
@@ -239,15 +240,6 @@ def _slices(paths: list[Path], dropped: list[tuple[int, str]],
     return [str(h.SOPInstanceUID) for h in kept], {str(h.SOPInstanceUID): h for h in kept}
 
 
-def _functional(seg: pydicom.Dataset, frame: pydicom.Dataset, sequence: str) -> Any:
-    """An item of a functional-group macro of one frame, per-frame first, then shared."""
-    shared = seg.get("SharedFunctionalGroupsSequence") or [pydicom.Dataset()]
-    for group in (frame, shared[0]):
-        if sequence in group and group[sequence].value:
-            return group[sequence].value[0]
-    return None
-
-
 def check_frames(seg: Any, headers: dict[str, pydicom.Dataset]) -> None:
     """Refuse a SEG whose frames are not on the grid of the slices they reference."""
     shape = next(iter(headers.values()))
@@ -259,9 +251,9 @@ def check_frames(seg: Any, headers: dict[str, pydicom.Dataset]) -> None:
         derivations = frame.get("DerivationImageSequence") or []
         sources = [str(s.ReferencedSOPInstanceUID) for d in derivations
                    for s in d.get("SourceImageSequence") or []]
-        position = _functional(seg, frame, "PlanePositionSequence")
-        orientation = _functional(seg, frame, "PlaneOrientationSequence")
-        measures = _functional(seg, frame, "PixelMeasuresSequence")
+        position = functional_group(seg, frame, "PlanePositionSequence")
+        orientation = functional_group(seg, frame, "PlaneOrientationSequence")
+        measures = functional_group(seg, frame, "PixelMeasuresSequence")
         for source in (headers[s] for s in sources if s in headers):
             spacing = min(float(v) for v in source.PixelSpacing)
             differences = []

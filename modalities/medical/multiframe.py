@@ -40,8 +40,9 @@ def number_of_frames(ds: Dataset) -> int:
         return 1  # a damaged count: read as one frame, and fail there if it is not
 
 
-def _functional(ds: Dataset, frame: Dataset | None, sequence: str) -> Dataset | None:
-    """An item of a functional-group macro, per-frame first, then shared."""
+def functional_group(ds: Dataset, frame: Dataset | None, sequence: str) -> Dataset | None:
+    """An item of a functional-group macro of an enhanced (multi-frame) object: the frame's
+    own first, then the shared one."""
     for group in (frame, _first(ds.get("SharedFunctionalGroupsSequence"))):
         item = _first(group.get(sequence)) if group is not None else None
         if item is not None:
@@ -58,15 +59,15 @@ def _value(item: Dataset | None, keyword: str) -> Any:
 
 
 def _frame_slice(ds: Dataset, frame: Dataset, index: int, shape: tuple[int, int]) -> Slice:
-    g = geometry(_value(_functional(ds, frame, "PlaneOrientationSequence"),
+    g = geometry(_value(functional_group(ds, frame, "PlaneOrientationSequence"),
                         "ImageOrientationPatient"),
-                 _value(_functional(ds, frame, "PlanePositionSequence"), "ImagePositionPatient"),
-                 _value(_functional(ds, frame, "PixelMeasuresSequence"), "PixelSpacing"), shape)
+                 _value(functional_group(ds, frame, "PlanePositionSequence"), "ImagePositionPatient"),
+                 _value(functional_group(ds, frame, "PixelMeasuresSequence"), "PixelSpacing"), shape)
     values = pixels(ds, index=index)
     if values.shape != shape:
         raise Skip(f"holds {values.shape} pixels, not one {shape[0]}x{shape[1]} frame")
     rescale = Dataset()
-    transform = _functional(ds, frame, "PixelValueTransformationSequence")
+    transform = functional_group(ds, frame, "PixelValueTransformationSequence")
     if transform is not None and "RescaleSlope" in transform:
         rescale.RescaleSlope = transform.RescaleSlope
         rescale.RescaleIntercept = transform.get("RescaleIntercept", 0)
@@ -75,8 +76,8 @@ def _frame_slice(ds: Dataset, frame: Dataset, index: int, shape: tuple[int, int]
 
 def _dimension(ds: Dataset, frame: Dataset) -> tuple[str, ...]:
     """What tells the stacks of one file apart: stack, temporal position, echo time."""
-    content = _functional(ds, frame, "FrameContentSequence")
-    echo = _functional(ds, frame, "MREchoSequence")
+    content = functional_group(ds, frame, "FrameContentSequence")
+    echo = functional_group(ds, frame, "MREchoSequence")
     return (str(_value(content, "StackID")), str(_value(content, "TemporalPositionIndex")),
             str(_value(echo, "EffectiveEchoTime")))
 
@@ -132,7 +133,7 @@ def load_multiframe(
             candidates.append((_dimension(ds, frame), _frame_slice(ds, frame, i, shape)))
         except Skip as exc:
             dropped[i] = str(exc)
-    measures = _functional(ds, frames[0], "PixelMeasuresSequence")
+    measures = functional_group(ds, frames[0], "PixelMeasuresSequence")
     step = fallback_step(measures) if measures is not None else 0.0
     volumes = []
     for part in _parts(candidates):
