@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from domainclust import config as cfg
+from domainclust.engine.band_jitter import parse_band_jitter
 from domainclust.engine.batch_augment import build_batch_augmentation
 from domainclust.errors import DomainclustError
 
@@ -49,11 +50,13 @@ def check_config(config: cfg.Config, *, n_tiles: int | None = None,
     if config.model.dropout >= 1:
         raise DomainclustError(f"model.dropout must be below 1, got {config.model.dropout}")
     _check_device(config.device)
+    parse_band_jitter(config.data.augment)
     if config.data.batch_augment == "batched" and build_batch_augmentation(
             config.data.augment, tile_size=1, seed=0) is None:
         raise DomainclustError(
             "data.batch_augment=batched but the augment recipe has transforms without a batched "
-            "form (batched: RandomResizedCrop, HorizontalFlip, VerticalFlip, RandomRotate90); "
+            "form (batched: RandomResizedCrop, HorizontalFlip, VerticalFlip, RandomRotate90, "
+            "BandJitter); "
             "use data.batch_augment=auto")
     if n_tiles is not None:
         _check_against_tiles(config, n_tiles=n_tiles)

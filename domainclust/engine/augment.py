@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from domainclust.data.normalise import to_input
+from domainclust.engine.band_jitter import without_band_jitter
 from domainclust.errors import DomainclustError
 
 _SIZED = {"RandomResizedCrop", "RandomSizedCrop"}  # take size=(h, w)
@@ -25,7 +26,7 @@ _HEIGHT_WIDTH = {"CenterCrop", "RandomCrop", "Resize"}  # take height=, width=
 
 def build_augmentation(spec: list[dict[str, Any]], *, tile_size: int, seed: int) -> A.Compose:
     steps = []
-    for item in spec:
+    for item in without_band_jitter(spec):  # applied to whole batches, after standardisation
         if not isinstance(item, dict) or len(item) != 1:
             raise DomainclustError(f"augment entries must be {{Name: {{args}}}}, got {item!r}")
         (name, kwargs), = item.items()

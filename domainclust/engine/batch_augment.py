@@ -4,7 +4,8 @@ Per-sample albumentations on CPU workers cannot feed a large GPU; here every tra
 recipe that is a crop, flip or quarter turn becomes one 2×3 affine map per sample, the maps are
 composed, and one `grid_sample` per batch produces the augmented batch. The crop boxes follow
 albumentations'/torchvision's RandomResizedCrop (10 tries, then the centre crop with the ratio
-clipped). A recipe with any other transform has no batched form: the caller keeps the CPU path.
+clipped). A recipe with any other transform has no batched form: the caller keeps the CPU path
+(BandJitter, applied to whole batches on either path, does not count).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from domainclust.engine.band_jitter import without_band_jitter
 
 SUPPORTED = ("RandomResizedCrop", "HorizontalFlip", "VerticalFlip", "RandomRotate90")
 ATTEMPTS = 10
@@ -31,7 +34,7 @@ class Step:
 def parse_spec(spec: list[dict[str, Any]]) -> list[Step] | None:
     """The recipe as batched steps, or None when a transform or argument has no batched form."""
     steps = []
-    for item in spec:
+    for item in without_band_jitter(spec):  # applied to whole batches by the training loop
         if not isinstance(item, dict) or len(item) != 1:
             return None
         (name, kwargs), = item.items()

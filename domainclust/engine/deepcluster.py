@@ -42,6 +42,7 @@ from domainclust.device import (
 )
 from domainclust.distributed import SINGLE, Dist
 from domainclust.engine.augment import AugmentedTiles, build_augmentation, seed_worker
+from domainclust.engine.band_jitter import JitteredBatches, parse_band_jitter
 from domainclust.engine.batch_augment import build_batch_augmentation
 from domainclust.engine.descriptors import compute_descriptors
 from domainclust.engine.device_batches import AugmentedBatches, StagedTiles
@@ -416,7 +417,7 @@ def training_batches(
 ) -> Any:
     """This rank's batches: its share of one global draw (uniform over clusters unless
     `train.sampler` says plain), augmented on the device (fast path) or by albumentations in a
-    DataLoader."""
+    DataLoader, then band-jittered when the recipe asks for it."""
     t = config.train
     n_draws = int(t.updates_factor * len(labels)) // t.batch_size * t.batch_size or len(labels)
     batch = t.batch_size // dist.world
@@ -426,20 +427,25 @@ def training_batches(
                          sampler=t.sampler)
     positions = rank_share(draw, rank=dist.rank, world=dist.world)
     if staged is not None:
-        return AugmentedBatches(
+        batches: Any = AugmentedBatches(
             staged, labels, positions=positions, batch_size=batch,
             augment=build_batch_augmentation(config.data.augment, tile_size=tile_size,
                                              seed=aug_seed),
         )
-    dataset = AugmentedTiles(
-        tiles, labels, scale=store.attrs["scale"], offset=store.attrs["offset"],
-        transform=build_augmentation(config.data.augment, tile_size=tile_size, seed=aug_seed),
-    )
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch, sampler=EpochSampler(positions), collate_fn=dataset.collate,
-        num_workers=loader_workers(config, device), worker_init_fn=seed_worker,
-        pin_memory=device.type == "cuda", persistent_workers=False,
-    )
+    else:
+        dataset = AugmentedTiles(
+            tiles, labels, scale=store.attrs["scale"], offset=store.attrs["offset"],
+            transform=build_augmentation(config.data.augment, tile_size=tile_size,
+                                         seed=aug_seed),
+        )
+        batches = torch.utils.data.DataLoader(
+            dataset, batch_size=batch, sampler=EpochSampler(positions),
+            collate_fn=dataset.collate, num_workers=loader_workers(config, device),
+            worker_init_fn=seed_worker, pin_memory=device.type == "cuda",
+            persistent_workers=False,
+        )
+    jitter = parse_band_jitter(config.data.augment)
+    return batches if jitter is None else JitteredBatches(batches, jitter=jitter, seed=aug_seed)
 
 
 def run_epoch(
