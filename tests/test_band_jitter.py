@@ -95,9 +95,9 @@ def test_training_batches_are_the_same_batches_band_jittered(mnist_store, batche
     """Both training paths: the jittered batch is the plain one under a per-tile affine map."""
     from domainclust.config import resolve
     from domainclust.data.store import TileStore
+    from domainclust.distributed import SINGLE
     from domainclust.engine.deepcluster import training_batches
     from domainclust.engine.device_batches import StagedTiles
-    from domainclust.distributed import SINGLE
 
     store = TileStore(mnist_store)
     tiles = np.asarray(store.tiles[:64])
