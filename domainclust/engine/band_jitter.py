@@ -2,9 +2,9 @@
 
 Multi-band scenes differ in illumination, atmosphere and sensor calibration band by band; the
 literature's remedy for small pools is to jitter each band's level and drop a band now and then,
-so clusters cannot form on one scene's calibration. albumentations' intensity transforms clip
-float images to [0, 1], which would destroy the standardised input, so this step acts on the
-batch after standardisation, with torch, on whatever device the batch is on (the same draws on
+so clusters cannot form on one scene's calibration. albumentations' MultiplicativeNoise and its
+like clip float images to [0, 1], which would destroy the standardised input, so this step acts
+on the batch after standardisation, with torch, on whatever device the batch is on (the same draws on
 CPU and GPU). In a recipe it is one more entry of `data.augment`:
 
     - BandJitter: {gain: 0.1, offset: 0.1, drop: 0.2}
