@@ -70,12 +70,11 @@ def parse_band_jitter(spec: list[dict[str, Any]]) -> BandJitter | None:
         jitter = BandJitter(**{k: float(v) for k, v in kwargs.items()})
     except (TypeError, ValueError):
         raise DomainclustError(f"augment: {NAME} arguments must be numbers, got {kwargs}") from None
-    limits = {"gain": (0, 1, False), "offset": (0, float("inf"), True), "drop": (0, 1, True),
-              "p": (0, 1, True)}
-    for key, (low, high, closed) in limits.items():
+    ranges = {"gain": (jitter.gain < 1, "[0, 1)"), "offset": (True, "[0, inf)"),
+              "drop": (jitter.drop <= 1, "[0, 1]"), "p": (jitter.p <= 1, "[0, 1]")}
+    for key, (below_top, bound) in ranges.items():
         value = getattr(jitter, key)
-        if not (low <= value <= high if closed else low <= value < high):
-            bound = f"[{low}, {high}]" if closed else f"[{low}, {high})"
+        if value < 0 or not below_top:
             raise DomainclustError(f"augment: {NAME} {key} must be in {bound}, got {value}")
     return jitter
 
