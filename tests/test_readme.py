@@ -46,10 +46,19 @@ def readme_commands(text: str) -> list[str]:
     return commands
 
 
+def without_optional_brackets(token: str) -> str:
+    """`[--set` → `--set`, `N]` → `N`; a value's own brackets (`augment=[{...}]`) are kept."""
+    while token.startswith("[") and token.count("[") > token.count("]"):
+        token = token[1:]
+    while token.endswith("]") and token.count("]") > token.count("["):
+        token = token[:-1]
+    return token
+
+
 def command_problems(line: str) -> list[str]:
     """What in `line` the real CLI parser refuses (empty when it parses). Placeholders (`N`,
     `PATH`, `SOURCES...`) stand for a value of the right type and are parsed as `1`."""
-    tokens = [t.strip("[]") for t in shlex.split(line, comments=True)][1:]
+    tokens = [without_optional_brackets(t) for t in shlex.split(line, comments=True)][1:]
     tokens = [t for t in tokens if t and t != "..."]  # `...`: the one before may repeat
     args = ["1" if PLACEHOLDER.search(t) else t for t in tokens]
     command = typer.main.get_command(app)
