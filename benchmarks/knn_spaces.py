@@ -1,6 +1,6 @@
 """Which feature space suits low-shot cosine k-NN: every layer of a pretrained network and of a
 random one, standardised as the `knn` protocol does, against the clustering space itself
-(fc7 before ReLU, PCA-whitened to 256 dims as DeepCluster clusters it), on a validation split.
+(the clustering feature, PCA-whitened to 256 dims as DeepCluster clusters it), on a validation split.
 
     python benchmarks/knn_spaces.py --run runs/fashion/pool-55000/select/recipe \
         --store runs/fashion/fashion.zarr --split runs/fashion/pool-55000/select-split.npz \
@@ -33,7 +33,7 @@ from domainclust.evaluation.probes.knn import choose_neighbours, knn_predict
 from domainclust.evaluation.stats import mean_ci
 from domainclust.seeds import derive_seed
 
-WHITE = "whitened fc7"
+WHITE = "whitened"  # shown as "whitened fc7" (AlexNet/VGG) or "whitened pool" (ResNet)
 
 
 def spaces(model: torch.nn.Module, store: TileStore, *, pool: np.ndarray, pca_dim: int
@@ -110,7 +110,9 @@ def main() -> None:
         for space in pretrained[0]:
             p, q = (np.asarray(acc[(m, s, space)]) for m in ("pretrained", "random_init"))
             d = mean_ci(100 * (p - q))
-            print(f"| {s} | {layer_label(spec.arch, space)} | {100 * q.mean():.1f} | "
+            shown = layer_label(spec.arch, FEATURES if space == WHITE else space)
+            shown = f"{WHITE} {shown}" if space == WHITE else shown
+            print(f"| {s} | {shown} | {100 * q.mean():.1f} | "
                   f"{100 * p.mean():.1f} | {d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}] |")
 
 
