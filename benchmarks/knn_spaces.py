@@ -69,8 +69,9 @@ def main() -> None:
     ap.add_argument("--labels", type=Path, default=None)
     ap.add_argument("--shots", default="5,10")
     ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--max-test", type=int, default=2000)
-    ap.add_argument("--pca-tiles", type=int, default=5000)
+    ap.add_argument("--max-test", type=int, default=2000, help="seeded sample of validation tiles")
+    ap.add_argument("--pca-tiles", type=int, default=5000,
+                    help="unlabelled training tiles the whitening is fitted on")
     ap.add_argument("--pca-dim", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -84,7 +85,7 @@ def main() -> None:
     y_test = np.searchsorted(classes, labels[test])
     shot_counts = [int(s) for s in args.shots.split(",")]
 
-    def fitted(model):
+    def fitted(model: torch.nn.Module) -> tuple:
         maps, layers = spaces(model, store, pool=pool, pca_dim=args.pca_dim)
         return maps, layers, extract_layers(model, store, indices=test, layers=layers)
 
@@ -93,7 +94,8 @@ def main() -> None:
     for r in range(args.repeats):
         net = fresh_network(spec, n_outputs=len(classes), seed=derive_seed(args.seed, r, 10**6),
                             device=dev)
-        models = {"pretrained": (inputs.trained.model, *pretrained), "random_init": (net, *fitted(net))}
+        models = {"pretrained": (inputs.trained.model, *pretrained),
+                  "random_init": (net, *fitted(net))}
         for s in shot_counts:
             idx = sample_shots(labels, split.train, shots=s,
                                rng=np.random.default_rng(derive_seed(args.seed, r, s)))
