@@ -1,6 +1,7 @@
 """Which feature space suits low-shot cosine k-NN: every layer of a pretrained network and of a
-random one, standardised as the `knn` protocol does, against the clustering space itself
-(the clustering feature, PCA-whitened to 256 dims as DeepCluster clusters it), on a validation split.
+random one, standardised as the `knn` protocol does, against the clustering space itself (the
+clustering feature whitened by the engine's own descriptors, as DeepCluster clusters it), on a
+validation split.
 
     python benchmarks/knn_spaces.py --run runs/fashion/pool-55000/select/recipe \
         --store runs/fashion/fashion.zarr --split runs/fashion/pool-55000/select-split.npz \
@@ -18,11 +19,11 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 
 from domainclust.data.store import TileStore
+from domainclust.engine.descriptors import compute_descriptors
 from domainclust.evaluation.data import load_split, sample_shots
 from domainclust.evaluation.features import FEATURES, extract_layers, layer_label, layer_names
 from domainclust.evaluation.inputs import open_inputs
@@ -42,9 +43,8 @@ def spaces(model: torch.nn.Module, store: TileStore, *, pool: np.ndarray, pca_di
     layers = list(layer_names(model))
     raw = extract_layers(model, store, indices=pool, layers=layers)
     maps = {name: (name, Standardiser.fit(raw[name][:POOL_TILES])) for name in layers}
-    pca = faiss.PCAMatrix(raw[FEATURES].shape[1], pca_dim, -0.5)
-    pca.train(np.ascontiguousarray(raw[FEATURES]))
-    maps[WHITE] = (FEATURES, lambda x: pca.apply(np.ascontiguousarray(x)))
+    _, whitening = compute_descriptors([torch.from_numpy(raw[FEATURES])], pca_dim=pca_dim)
+    maps[WHITE] = (FEATURES, lambda x: whitening(torch.from_numpy(x)).numpy())
     return maps, layers
 
 
@@ -112,8 +112,8 @@ def main() -> None:
         for space in pretrained[0]:
             p, q = (np.asarray(acc[(m, s, space)]) for m in ("pretrained", "random_init"))
             d = mean_ci(100 * (p - q))
-            shown = layer_label(spec.arch, FEATURES if space == WHITE else space)
-            shown = f"{WHITE} {shown}" if space == WHITE else shown
+            shown = (f"{WHITE} {layer_label(spec.arch, FEATURES)}" if space == WHITE
+                     else layer_label(spec.arch, space))
             print(f"| {s} | {shown} | {100 * q.mean():.1f} | "
                   f"{100 * p.mean():.1f} | {d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}] |")
 
