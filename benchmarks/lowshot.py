@@ -71,6 +71,22 @@ def run_variant(name: str, overrides: list[str], *, recipe: Path, run: Path, poo
     return read_result(run, protocol)
 
 
+def pretrain_sources(sources: dict[str, list[str]], *, recipe: Path, out: Path) -> None:
+    """Each source run pretrained (a finished one resumed, not repeated) into OUT/NAME and never
+    scored: a pool of other subjects, scenes or sensors (`store=` among its overrides) that
+    variants continue from with `model.init=OUT/NAME`."""
+    for name, overrides in sources.items():
+        if name in ("select", "test") or not any(o.startswith("store=") for o in overrides):
+            raise SystemExit(f"source {name!r}: needs its own store= and a name other than "
+                             "select or test")
+
+        def log(message: str, name: str = name) -> None:
+            print(f"[{name}] {message}", flush=True)
+
+        config = resolve(recipe=load_recipe(str(recipe)), overrides=["report=false", *overrides])
+        pretrain(config, out / name, progress=False, log=log)
+
+
 def read_result(run: Path, protocol: str) -> dict:
     """A finished run's low-shot result of `protocol`."""
     return json.loads((eval_dir(run, protocol) / "finetune.json").read_text())

@@ -27,6 +27,15 @@ stay on the MNI152 template, so such a variant is tested across subjects:
     python benchmarks/lowshot_mri.py --out runs/mri \
         --other colin27=/usr/share/mricron/templates/ch2.nii.gz \
         --variant 'own:' --variant 'colin27:store=runs/mri/colin27.zarr;subset_size=4000'
+
+Continued pretraining: `--source NAME:overrides` pretrains a run on another pool (its `store=`)
+into OUT/NAME without scoring it, and a variant continues from its trunk on the scored brain's
+training blocks with `model.init=OUT/NAME`:
+
+    python benchmarks/lowshot_mri.py --out runs/mri \
+        --other colin27=/usr/share/mricron/templates/ch2.nii.gz \
+        --source 'colin27:store=runs/mri/colin27.zarr;subset_size=2000;epochs=6' \
+        --variant 'own:' --variant 'colin27-then-own:model.init=runs/mri/colin27;epochs=4'
 """
 
 from __future__ import annotations
@@ -37,7 +46,8 @@ from pathlib import Path
 
 import numpy as np
 from domainclust.modalities.medical.nifti import load_nifti
-from lowshot import add_driver_arguments, parse_variants, select_then_test, write_stages
+from lowshot import (add_driver_arguments, parse_variants, pretrain_sources, select_then_test,
+                     write_stages)
 
 from domainclust.data.modality import get_modality
 from domainclust.data.store import TileStore
@@ -137,12 +147,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--other", action="append", default=[],
                     help="NAME=PATH: a volume of another subject, ingested as a pretraining pool")
+    ap.add_argument("--source", action="append", default=[],
+                    help="NAME:key=value;... a run pretrained on another pool (its store=), not "
+                         "scored, that variants continue from with model.init=OUT/NAME")
     args = ap.parse_args()
     for other in args.other:
         ingest_other(args.out, other, tile=args.tile, stride=args.stride)
     prepared = prepare(args.out, tile=args.tile, stride=args.stride,
                        slice_stride=args.slice_stride, block=args.block, gap=args.gap,
                        seed=args.seed)
+    pretrain_sources(parse_variants(args.source, common=args.common) if args.source else {},
+                     recipe=RECIPE, out=args.out)
     variants = parse_variants(args.variant, common=args.common)
     select_then_test(variants, stages=prepared["stages"], recipe=RECIPE, out=args.out,
                      store=prepared["store"], labels=prepared["labels"], repeats=args.repeats,
