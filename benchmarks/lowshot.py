@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from domainclust.config import resolve
@@ -52,39 +53,41 @@ def eval_dir(run: Path, protocol: str) -> Path:
     return run / ("eval" if protocol == "linear" else f"eval-{protocol}")
 
 
+def tagged(name: str) -> Callable[[str], None]:
+    """A log that prefixes every line with the run's name."""
+    return lambda message: print(f"[{name}] {message}", flush=True)
+
+
+def pretrain_run(name: str, overrides: list[str], *, recipe: Path, run: Path) -> None:
+    """Pretrain `recipe` + `overrides` into `run` (a finished pretraining is resumed, not
+    repeated)."""
+    config = resolve(recipe=load_recipe(str(recipe)), overrides=["report=false", *overrides])
+    pretrain(config, run, progress=False, log=tagged(name))
+
+
 def run_variant(name: str, overrides: list[str], *, recipe: Path, run: Path, pool: Path,
                 store: Path, labels: Path, split: Path, repeats: int, shots: list[int],
                 max_test: int | None = None, protocol: str = "linear") -> dict:
-    """Pretrain `recipe` + `overrides` on `pool` (a finished pretraining is resumed, not
-    repeated), score it by `protocol` on `split`; a finished score is kept."""
-    result_path = eval_dir(run, protocol) / "finetune.json"
-    if not result_path.is_file():
-        def log(message: str) -> None:
-            print(f"[{name}] {message}", flush=True)
-
-        config = resolve(recipe=load_recipe(str(recipe)),
-                         overrides=[f"store={pool}", "report=false", *overrides])
-        pretrain(config, run, progress=False, log=log)
+    """Pretrain `recipe` + `overrides` on `pool`, score it by `protocol` on `split`; a finished
+    score is kept."""
+    if not (eval_dir(run, protocol) / "finetune.json").is_file():
+        pretrain_run(name, [f"store={pool}", *overrides], recipe=recipe, run=run)
         result = low_shot(run, store, shots=shots, repeats=repeats, split_path=split,
-                          labels_path=labels, max_test=max_test, protocol=protocol, log=log)
+                          labels_path=labels, max_test=max_test, protocol=protocol,
+                          log=tagged(name))
         write_finetune(result, eval_dir(run, protocol))
     return read_result(run, protocol)
 
 
-def pretrain_sources(sources: dict[str, list[str]], *, recipe: Path, out: Path) -> None:
-    """Each source run pretrained (a finished one resumed, not repeated) into OUT/NAME and never
-    scored: a pool of other subjects, scenes or sensors (`store=` among its overrides) that
-    variants continue from with `model.init=OUT/NAME`."""
-    for name, overrides in sources.items():
+def pretrain_sources(items: list[str], *, common: str, recipe: Path, out: Path) -> None:
+    """Each `NAME:overrides` source pretrained into OUT/NAME and never scored: a pool of other
+    subjects, scenes or sensors (`store=` among its overrides) that variants continue from with
+    `model.init=OUT/NAME`."""
+    for name, overrides in (parse_variants(items, common=common) if items else {}).items():
         if name in ("select", "test") or not any(o.startswith("store=") for o in overrides):
             raise SystemExit(f"source {name!r}: needs its own store= and a name other than "
                              "select or test")
-
-        def log(message: str, name: str = name) -> None:
-            print(f"[{name}] {message}", flush=True)
-
-        config = resolve(recipe=load_recipe(str(recipe)), overrides=["report=false", *overrides])
-        pretrain(config, out / name, progress=False, log=log)
+        pretrain_run(name, overrides, recipe=recipe, run=out / name)
 
 
 def read_result(run: Path, protocol: str) -> dict:

@@ -46,8 +46,13 @@ from pathlib import Path
 
 import numpy as np
 from domainclust.modalities.medical.nifti import load_nifti
-from lowshot import (add_driver_arguments, parse_variants, pretrain_sources, select_then_test,
-                     write_stages)
+from lowshot import (
+    add_driver_arguments,
+    parse_variants,
+    pretrain_sources,
+    select_then_test,
+    write_stages,
+)
 
 from domainclust.data.modality import get_modality
 from domainclust.data.store import TileStore
@@ -156,8 +161,7 @@ def main() -> None:
     prepared = prepare(args.out, tile=args.tile, stride=args.stride,
                        slice_stride=args.slice_stride, block=args.block, gap=args.gap,
                        seed=args.seed)
-    pretrain_sources(parse_variants(args.source, common=args.common) if args.source else {},
-                     recipe=RECIPE, out=args.out)
+    pretrain_sources(args.source, common=args.common, recipe=RECIPE, out=args.out)
     variants = parse_variants(args.variant, common=args.common)
     select_then_test(variants, stages=prepared["stages"], recipe=RECIPE, out=args.out,
                      store=prepared["store"], labels=prepared["labels"], repeats=args.repeats,
