@@ -8,6 +8,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from domainclust.config import resolve
 from domainclust.data.modality import load_recipe
 from domainclust.data.store import TileStore, write_subset
@@ -116,12 +118,15 @@ def summary(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def write_stages(store: TileStore, splits: dict[str, Split], out: Path) -> dict[str, tuple]:
-    """Per stage (`select`, `test`): its split file and a pretraining pool of its training side."""
+def write_stages(store: TileStore, splits: dict[str, Split], out: Path,
+                 pools: dict[str, np.ndarray] | None = None) -> dict[str, tuple]:
+    """Per stage (`select`, `test`): its split file and a pretraining pool, the stage's tiles in
+    `pools` (labelled or not) or else its labelled training side."""
     stages = {}
     for stage, split in splits.items():
         save_split(out / f"{stage}-split.npz", split)
-        pool = write_subset(store, split.train, out / f"{stage}-pretrain.zarr")
+        tiles = split.train if pools is None else pools[stage]
+        pool = write_subset(store, tiles, out / f"{stage}-pretrain.zarr")
         stages[stage] = (out / f"{stage}-split.npz", pool.path)
         print(f"{stage}: {split.describe()}; pretraining pool {pool.n} tiles")
     return stages

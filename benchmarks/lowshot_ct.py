@@ -31,11 +31,11 @@ import os
 from pathlib import Path
 
 import numpy as np
-from lowshot import add_driver_arguments, parse_variants, select_then_test
+from lowshot import add_driver_arguments, parse_variants, select_then_test, write_stages
 
 from domainclust.data.modality import get_modality
-from domainclust.data.store import TileStore, write_subset
-from domainclust.evaluation.data import Split, save_split
+from domainclust.data.store import TileStore
+from domainclust.evaluation.data import Split
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "ct.yaml"
 DATA = Path(os.environ.get("DOMAINCLUST_TEST_DATA") or "~/.cache/domainclust-test-data"
@@ -90,22 +90,16 @@ def prepare(out: Path, *, tile: int, stride: int, spacing: float, lesion: float,
     lower, upper = train[z[train] < cut - gap], train[z[train] >= cut]
     rng = np.random.default_rng(seed)
     labelled = (lambda idx: idx[labels[idx] >= 0])
-    stages = {
-        "select": (Split(train=labelled(lower), test=balanced(upper, labels, rng=rng),
-                         source=f"{TRAIN} slices < {cut - gap} / >= {cut}, balanced"), lower),
-        "test": (Split(train=labelled(train), test=balanced(test, labels, rng=rng),
-                       source=f"leave one volume out: {TRAIN} / {TEST}, balanced"), train),
+    splits = {
+        "select": Split(train=labelled(lower), test=balanced(upper, labels, rng=rng),
+                        source=f"{TRAIN} slices < {cut - gap} / >= {cut}, balanced"),
+        "test": Split(train=labelled(train), test=balanced(test, labels, rng=rng),
+                      source=f"leave one volume out: {TRAIN} / {TEST}, balanced"),
     }
-    written = {}
-    for stage, (split, pool) in stages.items():
-        save_split(out / f"{stage}-split.npz", split)
-        subset = write_subset(store, pool, out / f"{stage}-pretrain.zarr")
-        written[stage] = (out / f"{stage}-split.npz", subset.path)
-        lesion_shots = int((labels[split.train] == 1).sum())
-        print(f"{stage}: {split.describe()}; {lesion_shots} lesion tiles to draw shots from; "
-              f"pretraining pool {subset.n} tiles")
-    print(f"{store.n} tiles; lesion tiles per volume (source: n) {lesions}")
-    return {"store": store.path, "labels": labels_path, "stages": written}
+    print(f"{store.n} tiles; lesion tiles per volume (source: n) {lesions}; lesion tiles to "
+          f"draw shots from {[int((labels[s.train] == 1).sum()) for s in splits.values()]}")
+    return {"store": store.path, "labels": labels_path,
+            "stages": write_stages(store, splits, out, pools={"select": lower, "test": train})}
 
 
 def main() -> None:
