@@ -51,6 +51,7 @@ training blocks with `model.init=OUT/NAME`:
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -98,8 +99,9 @@ def subject(name: str) -> Path:
     return known[name]
 
 
-def centre_windows(position: np.ndarray, *, tile: int):
-    """Per tile: the (z, y, x) index of its central quarter (a quarter of the side each way).
+def centre_windows(position: np.ndarray, *, tile: int) -> Iterator[tuple[int, slice, slice]]:
+    """Per tile: the (z, y, x) index of its central quarter, the middle quarter of its side in y
+    and in x.
 
     Maps are read by the same NIfTI loader as the T1 volume, so they share its axial
     orientation; at 1 mm the adapter does not resample, so tile origins index them."""
