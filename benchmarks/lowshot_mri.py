@@ -96,6 +96,9 @@ def subject(name: str) -> Path:
     known = {"mni152": template("t1"), "colin27": MRICRON / "ch2.nii.gz"}
     if name not in known:
         raise SystemExit(f"unknown subject {name!r}: give NAME=PATH, or one of {sorted(known)}")
+    if not known[name].is_file():
+        raise SystemExit(f"{name}: {known[name]} is missing (Colin27 and its atlases come with "
+                         "Debian's mricron-data: sudo apt-get install mricron-data)")
     return known[name]
 
 
