@@ -96,8 +96,9 @@ def prepare(out: Path, *, tile: int, stride: int, spacing: float, lesion: float,
         "test": Split(train=labelled(train), test=balanced(test, labels, rng=rng),
                       source=f"leave one volume out: {TRAIN} / {TEST}, balanced"),
     }
+    shots_from = {stage: int((labels[s.train] == 1).sum()) for stage, s in splits.items()}
     print(f"{store.n} tiles; lesion tiles per volume (source: n) {lesions}; lesion tiles to "
-          f"draw shots from {[int((labels[s.train] == 1).sum()) for s in splits.values()]}")
+          f"draw shots from, per stage {shots_from}")
     return {"store": store.path, "labels": labels_path,
             "stages": write_stages(store, splits, out, pools={"select": lower, "test": train})}
 
