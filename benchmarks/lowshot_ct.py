@@ -18,6 +18,9 @@ lung1. Lesion tiles are rare (about 1 %), so every validation and test set is ba
 lesion tiles and as many background tiles drawn from the same part (seeded); top-1 on a
 balanced set is the balanced accuracy.
 
+`--task candidate` keeps only nodule candidates in both classes (see `candidates`), so that the
+background is what a lesion is confused with, not muscle or fat that the HU level tells apart.
+
     python benchmarks/lowshot_ct.py --out runs/ct --repeats 5 \\
         --common 'model.width=0.5;k=50;epochs=5;batch_size=64;subset_size=2000' \\
         --variant 'per-channel:frontend=sobel-per-channel' \\
@@ -31,6 +34,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from domainclust.modalities.medical.ct import DEFAULT_WINDOWS
 from lowshot import add_driver_arguments, parse_variants, select_then_test, write_stages
 
 from domainclust.data.modality import get_modality
@@ -41,15 +45,32 @@ RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "ct.yaml"
 DATA = Path(os.environ.get("DOMAINCLUST_TEST_DATA") or "~/.cache/domainclust-test-data"
             ).expanduser() / "pyradiomics" / "data"
 TRAIN, TEST = "lung2", "lung1"
+AERATED, DENSE = 0.2, 0.1  # shares of a candidate tile: aerated lung, tissue denser than it
 
 
-def lesion_labels(store: TileStore, *, lesion: float) -> np.ndarray:
-    """1 for a tile with at least `lesion` tumour, 0 for one with none, -1 in between."""
+def candidates(tiles: np.ndarray, *, channels: tuple[str, ...]) -> np.ndarray:
+    """Whether each tile is a nodule candidate: at least `AERATED` of it aerated lung (-950 to
+    -500 HU) and at least `DENSE` of it denser than -500 HU, read from the ingest's lung window.
+    A nodule detector's candidates look like this, and so do vessels, airway walls and the
+    lung's borders: telling which of them is tumour takes shape, not the tile's HU level."""
+    width, level = DEFAULT_WINDOWS["lung"]
+    hu = tiles[:, channels.index("lung")].astype(np.float32) * (width / 255) + level - width / 2
+    aerated = ((hu >= -950) & (hu < -500)).mean(axis=(1, 2))
+    return (aerated >= AERATED) & ((hu >= -500).mean(axis=(1, 2)) >= DENSE)
+
+
+def lesion_labels(store: TileStore, *, lesion: float, task: str) -> np.ndarray:
+    """1 for a tile with at least `lesion` tumour, 0 for one with none, -1 in between; with
+    task `candidate`, -1 too for every tile that is not a candidate (see `candidates`)."""
     share = np.empty(store.n)
+    keep = np.ones(store.n, dtype=bool)
     for start in range(0, store.n, 4096):
-        masks = store.read_masks(np.arange(start, min(start + 4096, store.n)))
-        share[start:start + len(masks)] = (masks > 0).mean(axis=(1, 2))
-    return np.where(share >= lesion, 1, np.where(share == 0, 0, -1))
+        rows = np.arange(start, min(start + 4096, store.n))
+        share[rows] = (store.read_masks(rows) > 0).mean(axis=(1, 2))
+        if task == "candidate":
+            keep[rows] = candidates(store.read(rows), channels=store.channels)
+    labels = np.where(share >= lesion, 1, np.where(share == 0, 0, -1))
+    return np.where(keep, labels, -1)
 
 
 def balanced(indices: np.ndarray, labels: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
@@ -69,8 +90,8 @@ def volumes(store: TileStore, labels: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return np.flatnonzero(source == train_source), np.flatnonzero(source != train_source), lesions
 
 
-def prepare(out: Path, *, tile: int, stride: int, spacing: float, lesion: float, gap: int,
-            seed: int) -> dict:
+def prepare(out: Path, *, task: str, tile: int, stride: int, spacing: float, lesion: float,
+            gap: int, seed: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     store_path = out / "store.zarr"
     images = [DATA / f"{name}_image.nrrd" for name in (TRAIN, TEST)]
@@ -81,7 +102,7 @@ def prepare(out: Path, *, tile: int, stride: int, spacing: float, lesion: float,
                               options={"tile_size": tile, "stride": stride, "spacing": spacing,
                                        "masks": str(DATA)})
     store = TileStore(store_path)
-    labels = lesion_labels(store, lesion=lesion)
+    labels = lesion_labels(store, lesion=lesion, task=task)
     labels_path = out / "labels.npy"
     np.save(labels_path, labels)
     z = np.asarray(store.meta("position"))[:, 0].astype(np.int64)
@@ -106,6 +127,9 @@ def prepare(out: Path, *, tile: int, stride: int, spacing: float, lesion: float,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_driver_arguments(ap, recipe="ct", out="runs/ct")
+    ap.add_argument("--task", choices=("lesion", "candidate"), default="lesion",
+                    help="lesion: background tiles from anywhere; candidate: both classes only "
+                         "among nodule candidates (aerated lung beside denser tissue)")
     ap.add_argument("--tile", type=int, default=32)
     ap.add_argument("--stride", type=int, default=16)
     ap.add_argument("--spacing", type=float, default=0.5, help="in-plane mm per pixel")
@@ -114,9 +138,8 @@ def main() -> None:
     ap.add_argument("--gap", type=int, default=1, help="slices between training and validation")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    prepared = prepare(args.out, tile=args.tile, stride=args.stride, spacing=args.spacing,
-                       lesion=args.lesion,
-                       gap=args.gap, seed=args.seed)
+    prepared = prepare(args.out, task=args.task, tile=args.tile, stride=args.stride,
+                       spacing=args.spacing, lesion=args.lesion, gap=args.gap, seed=args.seed)
     variants = parse_variants(args.variant, common=args.common)
     select_then_test(variants, stages=prepared["stages"], recipe=RECIPE, out=args.out,
                      store=prepared["store"], labels=prepared["labels"], repeats=args.repeats,
