@@ -20,6 +20,8 @@ balanced set is the balanced accuracy.
 
 `--task candidate` keeps only nodule candidates in both classes (see `candidates`), so that the
 background is what a lesion is confused with, not muscle or fat that the HU level tells apart.
+`--train lung1` is the other fold: lung1's slabs select, lung2 is scored (use `--gap 0`: its
+tumour spans 3 slices).
 
     python benchmarks/lowshot_ct.py --out runs/ct --repeats 5 \\
         --common 'model.width=0.5;k=50;epochs=5;batch_size=64;subset_size=2000' \\
@@ -44,7 +46,7 @@ from domainclust.evaluation.data import Split
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "ct.yaml"
 DATA = Path(os.environ.get("DOMAINCLUST_TEST_DATA") or "~/.cache/domainclust-test-data"
             ).expanduser() / "pyradiomics" / "data"
-TRAIN, TEST = "lung2", "lung1"
+VOLUMES = ("lung2", "lung1")  # ingest order; lung2, the larger tumour, trains by default
 AERATED, DENSE = 0.2, 0.1  # shares of a candidate tile: aerated lung, tissue denser than it
 
 
@@ -81,20 +83,22 @@ def balanced(indices: np.ndarray, labels: np.ndarray, *, rng: np.random.Generato
     return np.sort(np.concatenate([lesion, drawn]))
 
 
-def volumes(store: TileStore, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(lung2's tiles, lung1's tiles, lesion tiles per source). Sources are recorded in item-key
-    order, so each volume is found by its tumour size instead: lung2's is the larger one."""
+def volumes(store: TileStore, labels: np.ndarray, *, train: str
+            ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(the `train` volume's tiles, the other's, lesion tiles per source). Sources are recorded
+    in item-key order, so each volume is found by its tumour size instead: lung2's is the
+    larger one."""
     source = np.asarray(store.meta("source"))
     lesions = {int(s): int((labels[source == s] == 1).sum()) for s in np.unique(source)}
-    train_source = max(lesions, key=lesions.get)
+    train_source = (max if train == "lung2" else min)(lesions, key=lesions.get)
     return np.flatnonzero(source == train_source), np.flatnonzero(source != train_source), lesions
 
 
-def prepare(out: Path, *, task: str, tile: int, stride: int, spacing: float, lesion: float,
-            gap: int, seed: int) -> dict:
+def prepare(out: Path, *, task: str, train_volume: str, tile: int, stride: int, spacing: float,
+            lesion: float, gap: int, seed: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     store_path = out / "store.zarr"
-    images = [DATA / f"{name}_image.nrrd" for name in (TRAIN, TEST)]
+    images = [DATA / f"{name}_image.nrrd" for name in VOLUMES]
     if not all(p.is_file() for p in images):
         raise SystemExit(f"pyradiomics' lung CTs are not under {DATA}: run the pyradiomics step "
                          "of .ci/run (or set DOMAINCLUST_TEST_DATA)")
@@ -106,16 +110,18 @@ def prepare(out: Path, *, task: str, tile: int, stride: int, spacing: float, les
     labels_path = out / "labels.npy"
     np.save(labels_path, labels)
     z = np.asarray(store.meta("position"))[:, 0].astype(np.int64)
-    train, test, lesions = volumes(store, labels)
+    train, test, lesions = volumes(store, labels, train=train_volume)
+    test_volume = next(v for v in VOLUMES if v != train_volume)
     cut = int(np.median(z[train][labels[train] == 1]))
     lower, upper = train[z[train] < cut - gap], train[z[train] >= cut]
     rng = np.random.default_rng(seed)
     labelled = (lambda idx: idx[labels[idx] >= 0])
     splits = {
         "select": Split(train=labelled(lower), test=balanced(upper, labels, rng=rng),
-                        source=f"{TRAIN} slices < {cut - gap} / >= {cut}, balanced"),
+                        source=f"{train_volume} slices < {cut - gap} / >= {cut}, balanced"),
         "test": Split(train=labelled(train), test=balanced(test, labels, rng=rng),
-                      source=f"leave one volume out: {TRAIN} / {TEST}, balanced"),
+                      source=f"leave one volume out: {train_volume} / {test_volume}, "
+                      "balanced"),
     }
     shots_from = {stage: int((labels[s.train] == 1).sum()) for stage, s in splits.items()}
     print(f"{store.n} tiles; lesion tiles per volume (source: n) {lesions}; lesion tiles to "
@@ -130,6 +136,8 @@ def main() -> None:
     ap.add_argument("--task", choices=("lesion", "candidate"), default="lesion",
                     help="lesion: background tiles from anywhere; candidate: both classes only "
                          "among nodule candidates (aerated lung beside denser tissue)")
+    ap.add_argument("--train", choices=VOLUMES, default="lung2",
+                    help="the labelled training volume; the other one is the test volume")
     ap.add_argument("--tile", type=int, default=32)
     ap.add_argument("--stride", type=int, default=16)
     ap.add_argument("--spacing", type=float, default=0.5, help="in-plane mm per pixel")
@@ -138,8 +146,9 @@ def main() -> None:
     ap.add_argument("--gap", type=int, default=1, help="slices between training and validation")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    prepared = prepare(args.out, task=args.task, tile=args.tile, stride=args.stride,
-                       spacing=args.spacing, lesion=args.lesion, gap=args.gap, seed=args.seed)
+    prepared = prepare(args.out, task=args.task, train_volume=args.train, tile=args.tile,
+                       stride=args.stride, spacing=args.spacing, lesion=args.lesion, gap=args.gap,
+                       seed=args.seed)
     variants = parse_variants(args.variant, common=args.common)
     select_then_test(variants, stages=prepared["stages"], recipe=RECIPE, out=args.out,
                      store=prepared["store"], labels=prepared["labels"], repeats=args.repeats,
