@@ -46,7 +46,7 @@ from domainclust.evaluation.data import Split
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "ct.yaml"
 DATA = Path(os.environ.get("DOMAINCLUST_TEST_DATA") or "~/.cache/domainclust-test-data"
             ).expanduser() / "pyradiomics" / "data"
-VOLUMES = ("lung2", "lung1")  # ingest order; lung2, the larger tumour, trains by default
+VOLUMES = ("lung2", "lung1")  # lung2, the larger tumour, is the default training volume
 AERATED, DENSE = 0.2, 0.1  # shares of a candidate tile: aerated lung, tissue denser than it
 
 
