@@ -69,14 +69,14 @@ def pretrain_run(name: str, overrides: list[str], *, recipe: Path, run: Path) ->
 
 def run_variant(name: str, overrides: list[str], *, recipe: Path, run: Path, pool: Path,
                 store: Path, labels: Path, split: Path, repeats: int, shots: list[int],
-                max_test: int | None = None, protocol: str = "linear") -> dict:
-    """Pretrain `recipe` + `overrides` on `pool`, score it by `protocol` on `split`; a finished
-    score is kept."""
+                max_test: int | None = None, protocol: str = "linear", seed: int = 0) -> dict:
+    """Pretrain `recipe` + `overrides` on `pool`, score it by `protocol` on `split` (`seed`
+    draws the shots); a finished score is kept."""
     if not (eval_dir(run, protocol) / "finetune.json").is_file():
         pretrain_run(name, [f"store={pool}", *overrides], recipe=recipe, run=run)
         result = low_shot(run, store, shots=shots, repeats=repeats, split_path=split,
                           labels_path=labels, max_test=max_test, protocol=protocol,
-                          log=tagged(name))
+                          seed=seed, log=tagged(name))
         write_finetune(result, eval_dir(run, protocol))
     return read_result(run, protocol)
 
@@ -135,20 +135,20 @@ def write_stages(store: TileStore, splits: dict[str, Split], out: Path,
 def select_then_test(variants: dict[str, list[str]], *, stages: dict[str, tuple], recipe: Path,
                      out: Path, store: Path, labels: Path, repeats: int, shots: list[int],
                      rank_shots: list[int], max_test: int | None = None,
-                     protocol: str = "linear") -> tuple[str, dict]:
+                     protocol: str = "linear", seed: int = 0) -> tuple[str, dict]:
     """Every variant pretrained on the `select` pool and scored at `rank_shots` on validation
     tiles; the one with the best mean pretrained top-1 there is then pretrained on the `test`
     pool and scored once at `shots` on the test tiles, so nothing is chosen on the test split.
     `{stage}` in an override stands for the stage's name, for a pool or an init that differs
-    between stages. Every score is by `protocol`. Returns the chosen variant and its test
-    result."""
+    between stages. Every score is by `protocol`, its shots drawn by `seed`. Returns the chosen
+    variant and its test result."""
     def run(stage: str, name: str) -> dict:
         split, pool = stages[stage]
         overrides = [o.replace("{stage}", stage) for o in variants[name]]
         return run_variant(name, overrides, recipe=recipe, run=out / stage / name,
                            pool=pool, store=store, labels=labels, split=split, repeats=repeats,
                            shots=rank_shots if stage == "select" else shots, max_test=max_test,
-                           protocol=protocol)
+                           protocol=protocol, seed=seed)
 
     selection = {}
     for name in variants:

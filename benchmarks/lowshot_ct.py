@@ -21,7 +21,8 @@ balanced set is the balanced accuracy.
 `--task candidate` keeps only nodule candidates in both classes (see `candidates`), so that the
 background is what a lesion is confused with, not muscle or fat that the HU level tells apart.
 `--train lung1` is the other fold: lung1's slabs select, lung2 is scored (use `--gap 0`: its
-tumour spans 3 slices).
+tumour spans 3 slices). A variant with `store=OUT/{stage}-all.zarr` pretrains on its stage's
+pool together with the tiles that stage scores, unlabelled (see `link_scored_pools`).
 
     python benchmarks/lowshot_ct.py --out runs/ct --repeats 5 \\
         --common 'model.width=0.5;k=50;epochs=5;batch_size=64;subset_size=2000' \\
@@ -126,8 +127,20 @@ def prepare(out: Path, *, task: str, train_volume: str, tile: int, stride: int, 
     shots_from = {stage: int((labels[s.train] == 1).sum()) for stage, s in splits.items()}
     print(f"{store.n} tiles; lesion tiles per volume (source: n) {lesions}; lesion tiles to "
           f"draw shots from, per stage {shots_from}")
-    return {"store": store.path, "labels": labels_path,
-            "stages": write_stages(store, splits, out, pools={"select": lower, "test": train})}
+    stages = write_stages(store, splits, out, pools={"select": lower, "test": train})
+    link_scored_pools(out)
+    return {"store": store.path, "labels": labels_path, "stages": stages}
+
+
+def link_scored_pools(out: Path) -> None:
+    """`{stage}-all.zarr`: each stage's pool with the tiles it is scored on, unlabelled, for a
+    variant that names `store=OUT/{stage}-all.zarr`: the whole training volume for `select`
+    (both slabs: its `test` pool), both volumes for `test` (the ingested store). A user pools
+    every scan, the ones they will label too; these pools measure what that is worth."""
+    for stage, target in (("select", "test-pretrain.zarr"), ("test", "store.zarr")):
+        link = out / f"{stage}-all.zarr"
+        if not link.is_symlink():
+            link.symlink_to(target)
 
 
 def main() -> None:
@@ -144,15 +157,16 @@ def main() -> None:
     ap.add_argument("--lesion", type=float, default=0.1,
                     help="tumour fraction of a lesion tile (background tiles have none)")
     ap.add_argument("--gap", type=int, default=1, help="slices between training and validation")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0,
+                    help="draws the balanced sets, pretraining and the shots")
     args = ap.parse_args()
     prepared = prepare(args.out, task=args.task, train_volume=args.train, tile=args.tile,
                        stride=args.stride, spacing=args.spacing, lesion=args.lesion, gap=args.gap,
                        seed=args.seed)
-    variants = parse_variants(args.variant, common=args.common)
+    variants = parse_variants(args.variant, common=f"seed={args.seed};{args.common}")
     select_then_test(variants, stages=prepared["stages"], recipe=RECIPE, out=args.out,
                      store=prepared["store"], labels=prepared["labels"], repeats=args.repeats,
-                     shots=args.shots, rank_shots=args.select_shots)
+                     shots=args.shots, rank_shots=args.select_shots, seed=args.seed)
 
 
 if __name__ == "__main__":

@@ -28,10 +28,9 @@ from domainclust.device import limit_cpu_threads, resolve_device
 from domainclust.errors import DomainclustError
 from domainclust.evaluation.data import store_split
 from domainclust.evaluation.features import read_float_tiles
-from domainclust.evaluation.lowshot.fewshot import judge
+from domainclust.evaluation.lowshot.fewshot import judge, summarise
 from domainclust.evaluation.lowshot.result import LowShotResult, Row, interval
 from domainclust.evaluation.models import align_store, fresh_network, load_trained
-from domainclust.evaluation.stats import mean_ci
 from domainclust.evaluation.training import recompute_batchnorm
 from domainclust.seeds import derive_seed
 from domainclust.segmentation.baselines import BASELINES, fit_pixel_logistic, majority_class
@@ -223,7 +222,7 @@ def low_shot_segment(
             f"{m}/{p} {s}-shot {100 * v[-1]:.1f}" for (m, p, s, name), v in values.items()
             if name == metric and len(v) == r + 1 and s == max(shots)))
 
-    rows = [Row(method=m, protocol=p, shots=s, metric=name, **_summary(v), values=v,
+    rows = [Row(method=m, protocol=p, shots=s, metric=name, **summarise(v), values=v,
                 choices=choices[(m, p, s)])
             for (m, p, s, name), v in values.items()]
     rows.sort(key=lambda row: (row.shots, METHODS.index(row.method), row.protocol, row.metric))
@@ -275,13 +274,6 @@ class _Features(torch.nn.Module):
 
 def _class_name(names: list[str] | None, value: int) -> str:
     return names[value] if names and 0 <= value < len(names) and names[value] else str(value)
-
-
-def _summary(v: list[float]) -> dict[str, Any]:
-    ci = mean_ci(v)
-    bounded = bool(np.isfinite(ci.low))
-    return {"mean": ci.mean, "ci_low": ci.low if bounded else None,
-            "ci_high": ci.high if bounded else None, "repeats": ci.n}
 
 
 def segment_table(result: LowShotResult) -> str:

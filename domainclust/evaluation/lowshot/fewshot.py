@@ -182,7 +182,7 @@ def low_shot(
             f"{m}/{p} {s}-shot {100 * v[-1]:.1f}%" for (m, p, s, metric), v in values.items()
             if metric == "top1" and len(v) == r + 1 and s == max(shots)))
 
-    rows = [Row(method=m, protocol=p, shots=s, metric=metric, **_summary(v),
+    rows = [Row(method=m, protocol=p, shots=s, metric=metric, **summarise(v),
                 values=v, choices=choices[(m, p, s)])
             for (m, p, s, metric), v in values.items()]
     rows.sort(key=lambda row: (row.shots, METHODS.index(row.method), row.protocol, row.metric))
@@ -212,9 +212,10 @@ def probe_predict(probe: LinearClassifier, x: np.ndarray) -> np.ndarray:
         return probe.classes[probe.scores(torch.as_tensor(x)).argmax(1).numpy()]
 
 
-def _summary(v: list[float]) -> dict[str, Any]:
+def summarise(v: list[float]) -> dict[str, Any]:
+    """A row's mean, 95 % interval (None for a single repeat) and repeats."""
     ci = mean_ci(v)
-    bounded = np.isfinite(ci.low)
+    bounded = bool(np.isfinite(ci.low))
     return {"mean": ci.mean, "ci_low": ci.low if bounded else None,
             "ci_high": ci.high if bounded else None, "repeats": ci.n}
 

@@ -1,0 +1,43 @@
+"""Pool the test scores of several folds of a low-shot benchmark (leave one volume, subject or
+scene out, once for each) into one table and verdict: every fold's repeats, paired.
+
+    python benchmarks/lowshot_folds.py lung1:runs/ct-s8/test/none-long-all \\
+        lung2:runs/ct-lesion-lung1/test/none --out runs/ct-folds
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lowshot import eval_dir, summary
+
+from domainclust.evaluation.lowshot.folds import pool_folds
+from domainclust.evaluation.lowshot.result import load_lowshot
+from domainclust.evaluation.results import write_finetune
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folds", nargs="+", metavar="NAME:RUN",
+                    help="a fold's name (e.g. its held-out volume) and its scored run")
+    ap.add_argument("--protocol", default="linear")
+    ap.add_argument("--out", type=Path, help="also write the pooled finetune.json here")
+    args = ap.parse_args()
+    names, results = [], []
+    for item in args.folds:
+        name, _, run = item.partition(":")
+        path = eval_dir(Path(run), args.protocol) / "finetune.json"
+        result = load_lowshot(path)
+        if result is None:
+            raise SystemExit(f"{path}: no such result (score the fold first)")
+        names.append(name)
+        results.append(result)
+    pooled = pool_folds(results, names=names)
+    print(summary({f"{' + '.join(names)} pooled": pooled.to_dict()}))
+    if args.out:
+        write_finetune(pooled, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Low-shot results of several folds as one: leave one subject, scan or scene out, once for each.
+
+Every row holds the repeats of every fold, so with as many repeats per fold its mean is the mean
+over folds; the verdict is judged on those repeats like any other (paired, since the methods of
+one repeat share its shots). With a handful of folds the interval is over shot draws in those
+subjects, not over subjects: two or three cannot give one.
+"""
+
+from __future__ import annotations
+
+from domainclust.errors import DomainclustError
+from domainclust.evaluation.lowshot.fewshot import judge, summarise
+from domainclust.evaluation.lowshot.result import LowShotResult, Row
+
+
+def pool_folds(results: list[LowShotResult], *, names: list[str]) -> LowShotResult:
+    """One result from the folds' `results` (named `names`), which must score the same methods,
+    protocols, shots and metrics with as many repeats each."""
+    if len(results) < 2 or len(results) != len(names):
+        raise DomainclustError("pooling folds takes two or more results, one name each")
+    first = results[0]
+
+    def layout(result: LowShotResult) -> list[tuple]:
+        return [(r.method, r.protocol, r.shots, r.metric, r.repeats) for r in result.rows]
+
+    for name, result in zip(names, results, strict=True):
+        if layout(result) != layout(first) or result.n_classes != first.n_classes:
+            raise DomainclustError(f"fold {name!r} scores other methods, shots, classes or "
+                                   f"repeats than fold {names[0]!r}: its results do not pool")
+    rows = []
+    for i, row in enumerate(first.rows):
+        values = [v for result in results for v in result.rows[i].values]
+        rows.append(Row(method=row.method, protocol=row.protocol, shots=row.shots,
+                        metric=row.metric, **summarise(values), values=values,
+                        choices=[c for result in results for c in result.rows[i].choices]))
+    protocol = first.settings["protocols"][0]
+    return LowShotResult(
+        rows=rows, verdict=[judge(rows, shots=v.shots, protocol=protocol) for v in first.verdict],
+        split="; ".join(f"{name}: {r.split}" for name, r in zip(names, results, strict=True)),
+        n_classes=first.n_classes, n_test=sum(r.n_test for r in results),
+        checkpoint="; ".join(r.checkpoint for r in results), seed=first.seed,
+        settings={**first.settings, "repeats": sum(r.settings["repeats"] for r in results),
+                  "folds": list(names)})
