@@ -1,5 +1,7 @@
 """Pool the test scores of several folds of a low-shot benchmark (leave one volume, subject or
-scene out, once for each) into one table and verdict: every fold's repeats, paired.
+scene out, once for each; or one configuration pretrained with several seeds) into one table and
+verdict: every fold's repeats, paired. A second verdict takes the fold as the unit, so that its
+interval covers what differs between folds (subjects, pretraining seeds).
 
     python benchmarks/lowshot_folds.py lung1:runs/ct-s8/test/none-long-all \\
         lung2:runs/ct-lesion-lung1/test/none --out runs/ct-folds
@@ -8,11 +10,12 @@ scene out, once for each) into one table and verdict: every fold's repeats, pair
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from lowshot import eval_dir, summary
 
-from domainclust.evaluation.lowshot.folds import pool_folds
+from domainclust.evaluation.lowshot.folds import judge_over_folds, pool_folds
 from domainclust.evaluation.lowshot.result import load_lowshot
 from domainclust.evaluation.results import write_finetune
 
@@ -34,7 +37,9 @@ def main() -> None:
         names.append(name)
         results.append(result)
     pooled = pool_folds(results, names=names)
-    print(summary({f"{' + '.join(names)} pooled": pooled.to_dict()}))
+    over_folds = dataclasses.replace(pooled, verdict=judge_over_folds(pooled))
+    print(summary({f"{' + '.join(names)} pooled": pooled.to_dict(),
+                   f"over the {len(names)} folds": over_folds.to_dict()}))
     if args.out:
         write_finetune(pooled, args.out)
 

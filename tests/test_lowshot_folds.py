@@ -1,6 +1,6 @@
 """Folds pooled into one low-shot result: every fold's repeats in each row, the verdict judged on
-them (paired), the pooled result stored and read back like any other, and folds that score
-different things refused by name."""
+them (paired) and again over the folds' means, the pooled result stored and read back like any
+other, and folds that score different things refused by name."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from scipy import stats
 
 from domainclust.errors import DomainclustError
 from domainclust.evaluation import low_shot
-from domainclust.evaluation.lowshot.folds import pool_folds
+from domainclust.evaluation.lowshot.folds import judge_over_folds, pool_folds
 from domainclust.evaluation.lowshot.result import load_lowshot
 from domainclust.evaluation.results import write_finetune
 
@@ -47,9 +47,21 @@ def test_two_folds_pool_their_repeats_and_are_judged_on_them(
     stored = tmp_path / "finetune.json"
     assert load_lowshot(stored).to_dict() == json.loads(stored.read_text())
     assert json.loads(stored.read_text())["settings"]["folds"] == ["a", "b"]
+    assert judge_over_folds(load_lowshot(stored)) == judge_over_folds(pooled)
+
+    for v, by_repeat in zip(judge_over_folds(pooled), pooled.verdict, strict=True):
+        assert (v.shots, v.best_baseline) == (by_repeat.shots, by_repeat.best_baseline)
+        ours, (method, protocol) = v.method.split("/"), v.best_baseline.split("/")
+        per_fold = [np.mean(np.asarray(f.row(*ours, v.shots).values)
+                            - np.asarray(f.row(method, protocol, v.shots).values)) for f in folds]
+        half = stats.t.ppf(0.975, 1) * np.std(per_fold, ddof=1) / np.sqrt(2)
+        assert v.difference == pytest.approx(np.mean(per_fold))
+        assert (v.ci_low, v.ci_high) == pytest.approx((v.difference - half, v.difference + half))
 
     other = load_lowshot(single_repeat_eval / "finetune.json")  # a single repeat
     with pytest.raises(DomainclustError, match="fold 'single' scores other"):
         pool_folds([folds[0], other], names=["a", "single"])
     with pytest.raises(DomainclustError, match="two or more"):
         pool_folds([folds[0]], names=["a"])
+    with pytest.raises(DomainclustError, match="pooled from folds"):
+        judge_over_folds(folds[0])

@@ -2,15 +2,19 @@
 
 Every row holds the repeats of every fold, so with as many repeats per fold its mean is the mean
 over folds; the verdict is judged on those repeats like any other (paired, since the methods of
-one repeat share its shots). With a handful of folds the interval is over shot draws in those
-subjects, not over subjects: two or three cannot give one.
+one repeat share its shots). That interval is over shot draws on the folds' networks, not over
+what differs between folds (subjects, pretraining seeds); `judge_over_folds` takes the fold as
+the unit instead, and with a handful of folds its interval is as wide as that makes it.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from domainclust.errors import DomainclustError
 from domainclust.evaluation.lowshot.fewshot import judge, summarise
-from domainclust.evaluation.lowshot.result import LowShotResult, Row
+from domainclust.evaluation.lowshot.result import LowShotResult, Row, Verdict
+from domainclust.evaluation.stats import mean_ci, verdict
 
 
 def pool_folds(results: list[LowShotResult], *, names: list[str]) -> LowShotResult:
@@ -41,3 +45,23 @@ def pool_folds(results: list[LowShotResult], *, names: list[str]) -> LowShotResu
         checkpoint="; ".join(r.checkpoint for r in results), seed=first.seed,
         settings={**first.settings, "repeats": sum(r.settings["repeats"] for r in results),
                   "folds": list(names)})
+
+
+def judge_over_folds(pooled: LowShotResult) -> list[Verdict]:
+    """`pooled`'s verdicts with the fold as the unit: each fold's mean paired difference against
+    the same strongest baseline, and the t-interval over those means."""
+    folds = pooled.settings.get("folds")
+    if not folds:
+        raise DomainclustError("judging over folds takes a result pooled from folds")
+    verdicts = []
+    for v in pooled.verdict:
+        ours = pooled.row(*v.method.split("/"), v.shots)
+        best = pooled.row(*v.best_baseline.split("/"), v.shots)
+        paired = np.asarray(ours.values) - np.asarray(best.values)
+        diff = mean_ci(paired.reshape(len(folds), -1).mean(axis=1))
+        bounded = bool(np.isfinite(diff.low))
+        verdicts.append(Verdict(shots=v.shots, result=verdict(diff), method=v.method,
+                                best_baseline=v.best_baseline, difference=diff.mean,
+                                ci_low=diff.low if bounded else None,
+                                ci_high=diff.high if bounded else None))
+    return verdicts
