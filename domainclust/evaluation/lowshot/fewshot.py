@@ -38,7 +38,7 @@ from domainclust.evaluation.lowshot.result import LowShotResult, Row, Verdict
 from domainclust.evaluation.models import as_classifier, fresh_network
 from domainclust.evaluation.probes.knn import choose_neighbours, knn_predict
 from domainclust.evaluation.probes.linear import LinearClassifier
-from domainclust.evaluation.stats import mean_ci, verdict
+from domainclust.evaluation.stats import Interval, mean_ci, verdict
 from domainclust.evaluation.training import predict
 from domainclust.seeds import derive_seed
 
@@ -225,8 +225,15 @@ def judge(rows: list[Row], *, shots: int, protocol: str, metric: str = "top1") -
     at = [r for r in rows if r.shots == shots and r.metric == metric]
     ours = next(r for r in at if (r.method, r.protocol) == ("pretrained", protocol))
     best = max((r for r in at if r.method != "pretrained"), key=lambda r: r.mean)
-    diff = mean_ci(np.asarray(ours.values) - np.asarray(best.values))
-    bounded = np.isfinite(diff.low)
-    return Verdict(shots=shots, result=verdict(diff), method=f"pretrained/{protocol}",
-                   best_baseline=f"{best.method}/{best.protocol}", difference=diff.mean,
-                   ci_low=diff.low if bounded else None, ci_high=diff.high if bounded else None)
+    return verdict_of(mean_ci(np.asarray(ours.values) - np.asarray(best.values)), shots=shots,
+                      method=f"pretrained/{protocol}",
+                      best_baseline=f"{best.method}/{best.protocol}")
+
+
+def verdict_of(diff: Interval, *, shots: int, method: str, best_baseline: str) -> Verdict:
+    """The verdict at `shots` from the interval of `method`'s paired difference against
+    `best_baseline` (no bounds when it has none)."""
+    bounded = bool(np.isfinite(diff.low))
+    return Verdict(shots=shots, result=verdict(diff), method=method, best_baseline=best_baseline,
+                   difference=diff.mean, ci_low=diff.low if bounded else None,
+                   ci_high=diff.high if bounded else None)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from domainclust.errors import DomainclustError
-from domainclust.evaluation.lowshot.fewshot import judge, summarise
+from domainclust.evaluation.lowshot.fewshot import judge, summarise, verdict_of
 from domainclust.evaluation.lowshot.result import LowShotResult, Row, Verdict
-from domainclust.evaluation.stats import mean_ci, verdict
+from domainclust.evaluation.stats import mean_ci
 
 
 def pool_folds(results: list[LowShotResult], *, names: list[str]) -> LowShotResult:
@@ -58,10 +58,7 @@ def judge_over_folds(pooled: LowShotResult) -> list[Verdict]:
         ours = pooled.row(*v.method.split("/"), v.shots)
         best = pooled.row(*v.best_baseline.split("/"), v.shots)
         paired = np.asarray(ours.values) - np.asarray(best.values)
-        diff = mean_ci(paired.reshape(len(folds), -1).mean(axis=1))
-        bounded = bool(np.isfinite(diff.low))
-        verdicts.append(Verdict(shots=v.shots, result=verdict(diff), method=v.method,
-                                best_baseline=v.best_baseline, difference=diff.mean,
-                                ci_low=diff.low if bounded else None,
-                                ci_high=diff.high if bounded else None))
+        verdicts.append(verdict_of(mean_ci(paired.reshape(len(folds), -1).mean(axis=1)),
+                                   shots=v.shots, method=v.method,
+                                   best_baseline=v.best_baseline))
     return verdicts
