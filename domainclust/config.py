@@ -24,6 +24,7 @@ Frontend = Literal["none", "sobel", "sobel-per-channel", "sobel-level"]
 ClusterMethod = Literal["kmeans", "pic"]
 ClusterBackend = Literal["auto", "faiss", "cuvs", "torch"]  # auto: the first that works here
 ClusterFeatures = Literal["pre-relu", "post-relu"]
+Head = Literal["linear", "prototypes"]
 Sampler = Literal["uniform", "plain"]
 Cache = Literal["auto", "ram", "memmap"]
 BatchAugment = Literal["auto", "batched", "albumentations"]
@@ -89,6 +90,10 @@ class ClusterConfig:
     pic_neighbors: int = 5
     features: ClusterFeatures = "pre-relu"  # what is clustered; pre-relu is the paper's
     reassign_every: int = 1  # epochs between re-clusterings; in between, labels and head stay
+    head: Head = "linear"  # linear: re-initialised each clustering (the paper's); prototypes: v2's
+    # Of the prototype head's cosine logits. v2's 0.1 diverged on MNIST with this SGD and the
+    # whitened input (loss above ln k, rising); 0.5 trained there.
+    temperature: float = 0.5
 
 
 @dataclass

@@ -108,7 +108,7 @@ def run_demo(
     random_init = DeepClusterNet(spec, n_clusters=config.cluster.k).to(device)
     state = RunDir(run_dir).load_checkpoint(map_location=device)
     trained = DeepClusterNet(spec, n_clusters=int(state["n_clusters"]))
-    trained.load_state_dict(state["model"])
+    trained.load_weights(state["model"])
     log("evaluating raw pixels, the random-init and the pretrained network")
     rows = evaluate_rows({"random_init": random_init, "pretrained": trained.to(device)}, store,
                          split=split, seed=config.seed, device=device, progress=progress)

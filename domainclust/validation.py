@@ -22,7 +22,8 @@ from domainclust.errors import DomainclustError
 # Settings that must be > 0 and >= 0; `None` (where the type allows it) means "not set".
 POSITIVE = ("data.subset_size", "data.tiles_per_chunk", "data.tile_size", "model.width",
             "cluster.k", "cluster.pca_dim", "cluster.iterations", "cluster.pic_neighbors",
-            "cluster.reassign_every", "train.batch_size", "train.lr", "train.updates_factor")
+            "cluster.reassign_every", "cluster.temperature", "train.batch_size", "train.lr",
+            "train.updates_factor")
 NON_NEGATIVE = ("data.workers", "model.dropout", "train.epochs", "train.momentum",
                 "train.weight_decay")
 # How much `data.tile_size` may enlarge the store's tiles: interpolation adds no detail, and a

@@ -1,5 +1,6 @@
 """End-to-end DeepCluster runs on the real MNIST subset (small settings, CPU)."""
 
+import copy
 import json
 import shutil
 
@@ -11,9 +12,12 @@ from typer.testing import CliRunner
 
 from domainclust.cli import app
 from domainclust.config import resolve
-from domainclust.data.store import StoreSpec, TileStoreWriter
+from domainclust.data.normalise import to_input
+from domainclust.data.store import StoreSpec, TileStore, TileStoreWriter
 from domainclust.engine import deepcluster
 from domainclust.errors import DomainclustError
+from domainclust.evaluation.models import load_trained
+from domainclust.networks.model import PrototypeHead
 
 # A quarter-width network on 300 digits, no end-of-run report (tests/test_report.py covers it):
 # an epoch in a few seconds on one core, still 9 batches to interrupt and 10 clusters to find.
@@ -155,10 +159,53 @@ def test_post_relu_features_and_plain_sampling_change_the_run(uninterrupted, mni
     assert np.isfinite(history[0]["loss"])
 
 
+def test_the_prototype_head_starts_from_the_clustering_and_survives_a_checkpoint(
+    mnist_store, tmp_path, monkeypatch
+) -> None:
+    """Before any step the prototype head already predicts the epoch's cluster ids (a fresh
+    linear head is at chance); the checkpoint rebuilds it for resuming and for evaluation."""
+    real_train = deepcluster.train_one_epoch
+    agreement: dict[str, list[float]] = {"linear": [], "prototypes": []}
+    last: dict[str, torch.nn.Module] = {}  # each run's network as its last epoch left it
+
+    def measured_train(model, loader, **kwargs):
+        model.eval()
+        with torch.no_grad():
+            hits = [(model(x).argmax(1) == y).float().mean().item() for x, y in loader]
+        agreement[kind].append(float(np.mean(hits)))
+        loss = real_train(model, loader, **kwargs)
+        last[kind] = copy.deepcopy(model).eval()
+        return loss
+
+    monkeypatch.setattr(deepcluster, "train_one_epoch", measured_train)
+    plain = ["data.augment=[]", "epochs=2"]
+    for kind in ("linear", "prototypes"):
+        deepcluster.pretrain(config(mnist_store, *plain, f"cluster.head={kind}"),
+                             tmp_path / kind, progress=False, log=lambda _: None)
+    assert max(agreement["linear"]) < 0.3  # 10 clusters: chance is 0.1
+    assert min(agreement["prototypes"]) > 0.8
+    monkeypatch.setattr(deepcluster, "train_one_epoch", real_train)
+
+    run = tmp_path / "prototypes"
+    trained = load_trained(run).model
+    assert isinstance(trained.top, PrototypeHead) and trained.top.out_features == 10
+    store = TileStore(mnist_store)
+    tiles = to_input(torch.as_tensor(store.read(np.arange(64))), scale=store.attrs["scale"],
+                     offset=store.attrs["offset"])
+    with torch.no_grad():  # the trained head restored, not a new one
+        torch.testing.assert_close(trained.eval()(tiles), last["prototypes"](tiles))
+    history = deepcluster.pretrain(config(mnist_store, "data.augment=[]", "epochs=3",
+                                          "cluster.head=prototypes"), run, progress=False,
+                                   log=lambda _: None)
+    assert [r["epoch"] for r in history] == [0, 1, 2] and np.isfinite(history[2]["loss"])
+
+
 @pytest.mark.parametrize("setting, message", [
     ("cluster.features=relu", "cluster.features must be pre-relu or post-relu"),
     ("reassign_every=0", "reassign_every must be at least 1"),
     ("sampler=balanced", "train.sampler must be uniform or plain"),
+    ("cluster.head=cosine", "cluster.head must be linear or prototypes"),
+    ("cluster.temperature=0", "cluster.temperature must be greater than 0"),
 ])
 def test_unknown_ablation_settings_are_refused(mnist_store, tmp_path, setting, message) -> None:
     with pytest.raises(DomainclustError, match=message):

@@ -105,3 +105,22 @@ def test_two_processes_match_one_train_and_resume_with_another_world_size(
                                    progress=False, log=lambda _: None)
     assert [r["epoch"] for r in history] == [0, 1]
     assert history[0] == json.loads(lines[0]) and history[1]["nmi_prev"] is not None
+
+
+def test_two_processes_train_the_prototype_head_and_one_resumes_it(mnist_store, tmp_path) -> None:
+    """Rank 0 alone holds the descriptors; every rank builds the same head from the broadcast
+    centroids and the shared whitening."""
+    run = tmp_path / "two"
+    settings = [*TINY, "cluster.head=prototypes"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "domainclust", "pretrain", "--store", str(mnist_store), "--run-dir", str(run),
+           "--quiet", *[a for s in [*settings, "epochs=1"] for a in ("--set", s)]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["model"]["top.weight"].shape == (6, 16)  # k prototypes in the whitened space
+    history = deepcluster.pretrain(resolve(overrides=[f"store={mnist_store}", *settings,
+                                                      "epochs=2"]), run,
+                                   progress=False, log=lambda _: None)
+    assert [r["epoch"] for r in history] == [0, 1] and np.isfinite(history[1]["loss"])

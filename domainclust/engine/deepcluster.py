@@ -1,8 +1,9 @@
 """The DeepCluster loop (thesis Algorithms 1 and 2), resumable from its run directory.
 
 Each epoch: sample the subset → stage it → extract features → PCA-whiten + L2 → cluster
-(no empty clusters) → re-initialise the top layer → train on the cluster ids with a
-cluster-uniform sampler → checkpoint and metrics. The paper's ablations are settings:
+(no empty clusters) → re-initialise the top layer (`cluster.head: prototypes`: set it to the
+centroids) → train on the cluster ids with a cluster-uniform sampler → checkpoint and metrics.
+The paper's ablations are settings:
 `cluster.reassign_every` (epochs between re-clusterings; in between, the subset, the ids and
 the head stay), `cluster.features` (post-ReLU) and `train.sampler` (plain). Every random
 choice of epoch e is drawn from generators seeded by (seed, e), so a resumed run repeats
@@ -44,10 +45,11 @@ from domainclust.distributed import SINGLE, Dist
 from domainclust.engine.augment import AugmentedTiles, build_augmentation, seed_worker
 from domainclust.engine.band_jitter import JitteredBatches, parse_band_jitter
 from domainclust.engine.batch_augment import build_batch_augmentation
-from domainclust.engine.descriptors import compute_descriptors
+from domainclust.engine.descriptors import Whitening, compute_descriptors
 from domainclust.engine.device_batches import AugmentedBatches, StagedTiles
 from domainclust.engine.extract import extract_features
 from domainclust.engine.metrics import cluster_size_stats, nmi, nmi_on_common
+from domainclust.engine.prototypes import cluster_centroids, prototype_head
 from domainclust.engine.sampling import EpochSampler, rank_share, sample_subset, training_draw
 from domainclust.engine.staging import stage_tiles
 from domainclust.engine.warmstart import apply_init, init_record, read_init
@@ -246,8 +248,7 @@ def _pretrain(
     if state is not None:  # any world size resumes any other: the state is the same
         _check_checkpoint(state, spec, store, run)
         started = state.get("init")
-        model.reset_head(int(state["n_clusters"]))
-        model.load_state_dict(state["model"])
+        model.load_weights(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history = list(state["history"])
         start = int(state["epoch"]) + 1
@@ -343,23 +344,24 @@ def stage_epoch(
 def describe_epoch(
     model: DeepClusterNet, tiles: np.ndarray, staged: StagedTiles | None, *, store: TileStore,
     run: RunDir, config: Config, device: torch.device, dist: Dist, progress: bool,
-) -> np.ndarray | torch.Tensor | None:
-    """Descriptors of the whole subset on rank 0 (None on the other ranks); each rank extracts
-    its shard and the whitening is fitted on the covariance summed over ranks."""
+) -> tuple[np.ndarray | torch.Tensor | None, Whitening]:
+    """Descriptors of the whole subset on rank 0 (None on the other ranks) and the whitening
+    (on every rank); each rank extracts its shard and the whitening is fitted on the covariance
+    summed over ranks."""
     part = distributed.shard(len(tiles), dist)
     source = staged.shard(part) if staged is not None else tiles[part]
     features = extract_features(model, source, store=store, batch_size=config.train.batch_size,
                                 device=device, progress=progress,
                                 relu=config.cluster.features == "post-relu")
     cuda = device.type == "cuda"
-    descriptors, _ = compute_descriptors(
+    descriptors, whitening = compute_descriptors(
         features, pca_dim=config.cluster.pca_dim, spill_dir=run.cache_dir,
         device_budget_bytes=device_memory_budget(device), on_device=cuda or dist.enabled,
         dist=dist,
     )
     if not dist.enabled:
-        return descriptors
-    return distributed.gather_rows(descriptors, dist, device=device)
+        return descriptors, whitening
+    return distributed.gather_rows(descriptors, dist, device=device), whitening
 
 
 def cluster_epoch(
@@ -465,12 +467,20 @@ def run_epoch(
                                         device=device, dist=dist, progress=progress)
     lap("stage")
     reassign = epoch % config.cluster.reassign_every == 0
+    head = None
     if reassign:
-        descriptors = describe_epoch(model, tiles, staged, store=store, run=run, config=config,
-                                     device=device, dist=dist, progress=progress)
+        descriptors, whitening = describe_epoch(model, tiles, staged, store=store, run=run,
+                                                config=config, device=device, dist=dist,
+                                                progress=progress)
         lap("extract")
         labels, record = cluster_epoch(descriptors, subset, store=store, run=run, config=config,
                                        epoch=epoch, device=device, dist=dist)
+        if config.cluster.head == "prototypes":
+            centroids = distributed.run_on_main(
+                lambda: cluster_centroids(descriptors, labels, n_clusters=record["n_clusters"]),
+                dist, device=device)
+            head = prototype_head(whitening, centroids, temperature=config.cluster.temperature,
+                                  relu=config.cluster.features == "post-relu")
         del descriptors
         lap("cluster")
     else:
@@ -480,7 +490,9 @@ def run_epoch(
 
     seed = epoch_seed(config.seed, epoch, 2)
     torch.manual_seed(seed)  # the new top layer's init and dropout
-    if reassign:
+    if head is not None:
+        model.set_prototypes(head)
+    elif reassign:
         model.reset_head(record["n_clusters"])
     if dist.rank:
         torch.manual_seed(seed * 1000 + dist.rank)  # own dropout masks; the head is rank 0's

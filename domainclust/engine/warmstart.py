@@ -1,7 +1,7 @@
 """Continued pretraining (`model.init`): a new run's trunk taken from an earlier network.
 
 The init is a run dir (its latest checkpoint), a checkpoint file or an exported backbone. Only
-the trunk is taken, never DeepCluster's top layer (it is re-initialised every epoch anyway).
+the trunk is taken, never DeepCluster's top layer (every clustering replaces it anyway).
 The architecture must be the same (arch, width, stem, front-end, tile size). The channels may
 differ: conv1's kernels are matched to the new channels by name (`domainclust.data.channels`); a
 channel the init lacks gets the mean of the init's kernels over its channels.

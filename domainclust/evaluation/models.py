@@ -45,7 +45,7 @@ def load_trained(path: Path | str, *, device: torch.device | str = "cpu") -> Tra
     state, spec, file, run = read_checkpoint(path)
     model = DeepClusterNet(spec, n_clusters=int(state["n_clusters"]))
     try:
-        model.load_state_dict(state["model"])
+        model.load_weights(state["model"])
     except RuntimeError as exc:
         raise DomainclustError(
             f"{file}: weights do not fit its own spec {spec} ({str(exc).splitlines()[0]})"
