@@ -43,10 +43,13 @@ class Whitening:
         keep = w > REL_TOL * w.max()
         return torch.where(keep, 1.0 / torch.sqrt(w.clamp_min(EPS)), torch.zeros_like(w))
 
+    def projection(self) -> torch.Tensor:
+        """(D, d) components scaled by 1/sqrt(eigenvalue): x ↦ (x - mean) @ projection."""
+        return self.components * self.inverse_sqrt().to(self.components.dtype)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         dev, dtype = x.device, self.components.dtype
-        y = (x.to(dtype) - self.mean.to(dev)) @ self.components.to(dev)
-        y = y * self.inverse_sqrt().to(dev)
+        y = (x.to(dtype) - self.mean.to(dev)) @ self.projection().to(dev)
         return torch.nn.functional.normalize(y.float(), dim=1)
 
 

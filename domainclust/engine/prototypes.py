@@ -23,6 +23,5 @@ def prototype_head(
     whitening: Whitening, centroids: torch.Tensor, *, temperature: float, relu: bool
 ) -> PrototypeHead:
     """The head that scores a feature as the clustering saw it against every centroid."""
-    projection = whitening.components.double() * whitening.inverse_sqrt().double()
-    return PrototypeHead(mean=whitening.mean.cpu(), projection=projection.cpu(),
+    return PrototypeHead(mean=whitening.mean.cpu(), projection=whitening.projection().cpu(),
                          prototypes=centroids, temperature=temperature, relu=relu)
