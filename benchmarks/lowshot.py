@@ -1,5 +1,6 @@
 """Shared driver of the low-shot benchmarks: recipe variants pretrained on a pool of unlabelled
-tiles and scored by `domainclust finetune`'s protocols (linear, knn) on a fixed split."""
+tiles and scored by `domainclust finetune`'s frozen protocols (linear, linear-gap, knn) on a
+fixed split."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from domainclust.data.modality import load_recipe
 from domainclust.data.store import TileStore, write_subset
 from domainclust.engine.deepcluster import pretrain
 from domainclust.evaluation.data import Split, save_split
-from domainclust.evaluation.lowshot.fewshot import low_shot
+from domainclust.evaluation.lowshot.fewshot import FROZEN, low_shot
 from domainclust.evaluation.results import write_finetune
 
 METHODS = ("raw_pixels", "channel_stats", "random_init", "pretrained")
@@ -26,8 +27,10 @@ def shot_counts(text: str) -> list[int]:
     return [int(s) for s in text.split(",")]
 
 
-def add_driver_arguments(ap: argparse.ArgumentParser, *, recipe: str, out: str) -> None:
-    """The options every low-shot benchmark takes: output folder, variants, repeats, shots."""
+def add_driver_arguments(ap: argparse.ArgumentParser, *, recipe: str, out: str,
+                         protocol: bool = True) -> None:
+    """The options every low-shot benchmark takes: output folder, variants, repeats, shots,
+    and (unless the benchmark ranks several) the frozen protocol that scores and ranks."""
     ap.add_argument("--out", type=Path, default=Path(out))
     ap.add_argument("--variant", action="append", default=[],
                     help=f"NAME:key=value;key=value ({recipe} recipe overrides)")
@@ -37,6 +40,10 @@ def add_driver_arguments(ap: argparse.ArgumentParser, *, recipe: str, out: str) 
     ap.add_argument("--shots", type=shot_counts, default=[1, 5, 10])
     ap.add_argument("--select-shots", type=shot_counts, default=[5, 10],
                     help="shot counts ranked on the validation tiles")
+    if protocol:
+        ap.add_argument("--protocol", choices=FROZEN, default="linear",
+                        help="linear: conv stages pooled to ~10k values (the paper's probe); "
+                        "linear-gap: each stage averaged over the tile; knn")
 
 
 def parse_variants(items: list[str], *, common: str = "") -> dict[str, list[str]]:

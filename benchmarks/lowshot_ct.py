@@ -166,7 +166,8 @@ def main() -> None:
     variants = parse_variants(args.variant, common=f"seed={args.seed};{args.common}")
     select_then_test(variants, stages=prepared["stages"], recipe=RECIPE, out=args.out,
                      store=prepared["store"], labels=prepared["labels"], repeats=args.repeats,
-                     shots=args.shots, rank_shots=args.select_shots, seed=args.seed)
+                     shots=args.shots, rank_shots=args.select_shots, seed=args.seed,
+                     protocol=args.protocol)
 
 
 if __name__ == "__main__":

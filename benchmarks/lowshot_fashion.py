@@ -143,7 +143,7 @@ def report(pool: int, *, subset: int | None, chosen: str, history: list[dict],
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_driver_arguments(ap, recipe="mnist", out="runs/fashion")
+    add_driver_arguments(ap, recipe="mnist", out="runs/fashion", protocol=False)
     ap.add_argument("--data", type=Path, default=DATA, help="folder of the IDX files")
     ap.add_argument("--recipe", type=Path, default=RECIPE)
     ap.add_argument("--pool", default="5000,20000,55000", help="pretraining pool sizes")

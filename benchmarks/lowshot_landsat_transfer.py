@@ -171,7 +171,7 @@ def table(results: dict[str, dict], sizes: dict[str, int], shots: list[int]) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_driver_arguments(ap, recipe="landsat", out="runs/landsat-transfer")
+    add_driver_arguments(ap, recipe="landsat", out="runs/landsat-transfer", protocol=False)
     ap.set_defaults(shots=[5, 10], repeats=5, common="epochs=10")
     ap.add_argument("--big-pool", default="data.subset_size=1000;train.updates_factor=1",
                     help="overrides of the pools with other scenes (about 10x the own tiles)")

@@ -252,7 +252,8 @@ def main() -> None:
     variants = parse_variants(args.variant, common=args.common)
     select_then_test(variants, stages=prepared["stages"], recipe=RECIPE, out=args.out,
                      store=prepared["store"], labels=prepared["labels"], repeats=args.repeats,
-                     shots=args.shots, rank_shots=args.select_shots, max_test=args.max_test)
+                     shots=args.shots, rank_shots=args.select_shots, max_test=args.max_test,
+                     protocol=args.protocol)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,11 @@ from typer.testing import CliRunner
 from domainclust.cli import app
 from domainclust.errors import DomainclustError
 from domainclust.evaluation import low_shot
-from domainclust.evaluation.lowshot.fewshot import METHODS, Row, judge
+from domainclust.data.store import TileStore
+from domainclust.evaluation.features import TARGET_DIMS, read_float_tiles
+from domainclust.evaluation.lowshot.fewshot import METHODS, FeatureSource, Row, judge
 from domainclust.evaluation.lowshot.finetune import FinetuneSettings
+from domainclust.evaluation.models import load_trained
 from domainclust.evaluation.probes.knn import knn_predict
 from domainclust.evaluation.results import write_finetune
 from domainclust.evaluation.training import augment, recompute_batchnorm
@@ -107,6 +110,32 @@ def test_knn_protocol_scores_every_method_with_the_shots_as_the_bank(
         "--repeats", "1", "--max-test", "20", "--protocol", "knn", "--out", str(tmp_path)])
     assert cli.exit_code == 0, cli.output
     assert "| pretrained | knn | 1 |" in cli.output
+
+
+def test_linear_gap_averages_each_conv_stage_over_the_tile(
+        tiny_run: Path, small_store: Path, tmp_path: Path) -> None:
+    trained = load_trained(tiny_run)
+    store = TileStore(small_store)
+    grid, gap = (FeatureSource("pretrained", store, tile_size=trained.spec.tile_size,
+                               device=torch.device("cpu"), pool=np.arange(40), model=trained.model,
+                               target=target)(np.arange(5))
+                 for target in (TARGET_DIMS, 1))
+    maps = trained.model.eval().backbone.forward_stages(trained.model.frontend(
+        read_float_tiles(store, np.arange(1), tile_size=trained.spec.tile_size)))
+    for stage, fmap in maps.items():  # one value per channel, not the paper's ~10k grid
+        assert gap[stage].shape == (5, fmap.shape[1])
+        assert grid[stage].shape[1] > fmap.shape[1]
+    assert gap["features"].shape == grid["features"].shape  # fc7 is a vector already
+
+    cli = CliRunner().invoke(app, [
+        "finetune", "--checkpoint", str(tiny_run), "--store", str(small_store), "--shots", "1",
+        "--repeats", "1", "--max-test", "20", "--protocol", "linear-gap", "--out", str(tmp_path)])
+    assert cli.exit_code == 0, cli.output
+    data = json.loads((tmp_path / "finetune.json").read_text())
+    assert {(r["method"], r["protocol"]) for r in data["rows"]} == {
+        (m, "linear-gap") for m in METHODS}
+    assert data["verdict"]["1"]["method"] == "pretrained/linear-gap"
+    assert data["settings"]["protocols"] == ["linear-gap"]
 
 
 def test_knn_leave_one_out_never_lets_a_shot_vote_for_itself() -> None:

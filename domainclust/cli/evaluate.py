@@ -153,7 +153,9 @@ def finetune(checkpoint: Path = CHECKPOINT, store: Path = STORE,
                                       "| segment (a class per pixel: a store with masks)"),
              protocol: str | None = typer.Option(None, "--protocol",
                                                  help="classify: linear (default; frozen "
-                                                 "features + logistic regression) | knn "
+                                                 "features + logistic regression) | "
+                                                 "linear-gap (the same, each conv stage "
+                                                 "averaged over the tile) | knn "
                                                  "(frozen features, the shots as a cosine "
                                                  "k-NN bank) | finetune (all layers) | both "
                                                  "(linear + finetune); segment: frozen "

@@ -60,7 +60,7 @@ class LowShotSettings:
 
     shots: list[int] = field(default_factory=lambda: [1, 5, 10])
     repeats: int = 10
-    protocol: str = "linear"  # linear | finetune | both
+    protocol: str = "linear"  # linear | linear-gap | knn | finetune | both
     batch_size: int = 32
     max_test: int | None = None
     test_fraction: float = 0.2

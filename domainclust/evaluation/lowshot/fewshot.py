@@ -2,7 +2,9 @@
 
 Methods: `raw_pixels` and `channel_stats` (features of the tile itself), `random_init` (the same
 network freshly initialised, a new seed every repeat) and `pretrained`. Protocols: `linear`
-(frozen features + logistic regression, every method), `knn` (the same frozen features, the
+(frozen features + logistic regression, every method; conv stages pooled to ~10k values as the
+paper's probes), `linear-gap` (the same, each conv stage averaged over the whole tile: one value
+per channel, a feature a few dozen shots can fit), `knn` (the frozen features of `linear`, the
 shots as a cosine k-NN bank, every method) and `finetune` (every layer trained; the two
 networks only). Each repeat draws fresh shots, the same for every method (paired), and every
 choice (layer, L2 penalty, k, learning rate, length) is made on those shots alone. The test
@@ -25,6 +27,7 @@ from domainclust.data.store import TileStore
 from domainclust.errors import DomainclustError
 from domainclust.evaluation.data import check_shots, sample_shots, store_split
 from domainclust.evaluation.features import (
+    TARGET_DIMS,
     extract_layers,
     layer_label,
     layer_names,
@@ -42,8 +45,8 @@ from domainclust.evaluation.stats import Interval, mean_ci, verdict
 from domainclust.evaluation.training import predict
 from domainclust.seeds import derive_seed
 
-PROTOCOLS = ("linear", "knn", "finetune")
-FROZEN = ("linear", "knn")  # protocols on frozen features, which score the baselines too
+PROTOCOLS = ("linear", "linear-gap", "knn", "finetune")
+FROZEN = ("linear", "linear-gap", "knn")  # on frozen features, which score the baselines too
 NETWORKS = ("random_init", "pretrained")
 METHODS = (*BASELINES, *NETWORKS)
 METRICS = ("top1", "balanced_accuracy")
@@ -55,8 +58,8 @@ def parse_protocols(protocol: str) -> tuple[str, ...]:
     if protocol == "both":
         return ("linear", "finetune")
     if protocol not in PROTOCOLS:
-        raise DomainclustError(f"unknown protocol '{protocol}'; choose linear, knn, finetune "
-                               "or both (linear + finetune)")
+        raise DomainclustError(f"unknown protocol '{protocol}'; choose linear, linear-gap, knn, "
+                               "finetune or both (linear + finetune)")
     return (protocol,)
 
 
@@ -71,9 +74,10 @@ class FeatureSource:
     """Standardised features of one method (per layer for networks), for any tile indices."""
 
     def __init__(self, method: str, store: TileStore, *, tile_size: int, device: torch.device,
-                 pool: np.ndarray, model: torch.nn.Module | None = None) -> None:
+                 pool: np.ndarray, model: torch.nn.Module | None = None,
+                 target: int = TARGET_DIMS) -> None:
         self.method, self.store, self.tile_size, self.device = method, store, tile_size, device
-        self.model = model
+        self.model, self.target = model, target
         self.layers = list(layer_names(model)) if model is not None else [method]
         self.default_layer = default_layer(model) if model is not None else method
         self.standardise = {name: Standardiser.fit(f) for name, f in self.raw(pool).items()}
@@ -83,7 +87,7 @@ class FeatureSource:
             x = read_float_tiles(self.store, indices, tile_size=self.tile_size)
             return {self.method: baseline_features(self.method, x).numpy()}
         return extract_layers(self.model, self.store, indices=indices, layers=self.layers,
-                              device=self.device)
+                              device=self.device, target=self.target)
 
     def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         return {name: self.standardise[name](f) for name, f in self.raw(indices).items()}
@@ -136,20 +140,22 @@ def low_shot(
             float(balanced_accuracy_score(y_test, pred)))
         choices.setdefault((method, proto, s), []).append(choice)
 
+    # Baselines have no network to fine-tune: they are in every table, on frozen features.
+    frozen = [p for p in protocols if p in FROZEN]
+    target = 1 if "linear-gap" in frozen else TARGET_DIMS  # 1: one value per channel
     sources = {m: FeatureSource(m, store, tile_size=size, device=dev, pool=pool)
                for m in BASELINES}
     sources["pretrained"] = FeatureSource("pretrained", store, tile_size=size, device=dev,
-                                          pool=pool, model=trained.model)
+                                          pool=pool, model=trained.model, target=target)
     test_features = {m: src(test) for m, src in sources.items()}
     test_x = read_float_tiles(store, test, tile_size=size) if "finetune" in protocols else None
-    # Baselines have no network to fine-tune: they are in every table, on frozen features.
-    frozen = [p for p in protocols if p in FROZEN]
     for r in range(repeats):
         random_seed = derive_seed(seed, r, 10**6)
         random_net = fresh_network(spec, n_outputs=len(classes), seed=random_seed, device=dev)
         if frozen:
             sources["random_init"] = FeatureSource("random_init", store, tile_size=size,
-                                                   device=dev, pool=pool, model=random_net)
+                                                   device=dev, pool=pool, model=random_net,
+                                                   target=target)
             test_features["random_init"] = sources["random_init"](test)
         for s in shots:
             idx = sample_shots(labels, split.train, shots=s,
