@@ -13,9 +13,9 @@ import torch
 from typer.testing import CliRunner
 
 from domainclust.cli import app
+from domainclust.data.store import TileStore
 from domainclust.errors import DomainclustError
 from domainclust.evaluation import low_shot
-from domainclust.data.store import TileStore
 from domainclust.evaluation.features import TARGET_DIMS, read_float_tiles
 from domainclust.evaluation.lowshot.fewshot import METHODS, FeatureSource, Row, judge
 from domainclust.evaluation.lowshot.finetune import FinetuneSettings
