@@ -16,7 +16,7 @@ from domainclust.cli import app
 from domainclust.data.store import TileStore
 from domainclust.errors import DomainclustError
 from domainclust.evaluation import low_shot
-from domainclust.evaluation.features import TARGET_DIMS, read_float_tiles
+from domainclust.evaluation.features import GLOBAL_AVERAGE, TARGET_DIMS, read_float_tiles
 from domainclust.evaluation.lowshot.fewshot import METHODS, FeatureSource, Row, judge
 from domainclust.evaluation.lowshot.finetune import FinetuneSettings
 from domainclust.evaluation.models import load_trained
@@ -119,7 +119,7 @@ def test_linear_gap_averages_each_conv_stage_over_the_tile(
     grid, gap = (FeatureSource("pretrained", store, tile_size=trained.spec.tile_size,
                                device=torch.device("cpu"), pool=np.arange(40), model=trained.model,
                                target=target)(np.arange(5))
-                 for target in (TARGET_DIMS, 1))
+                 for target in (TARGET_DIMS, GLOBAL_AVERAGE))
     maps = trained.model.eval().backbone.forward_stages(trained.model.frontend(
         read_float_tiles(store, np.arange(1), tile_size=trained.spec.tile_size)))
     for stage, fmap in maps.items():  # one value per channel, not the paper's ~10k grid

@@ -23,6 +23,7 @@ from domainclust.errors import DomainclustError
 
 FEATURES = "features"  # the clustering feature: fc7 before ReLU (AlexNet/VGG), pooled trunk (ResNet)
 TARGET_DIMS = 9600
+GLOBAL_AVERAGE = 1  # a target that averages each stage over the tile: one value per channel
 READ_BLOCK = 4096  # tiles read from the store at a time
 
 

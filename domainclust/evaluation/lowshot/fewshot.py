@@ -27,6 +27,7 @@ from domainclust.data.store import TileStore
 from domainclust.errors import DomainclustError
 from domainclust.evaluation.data import check_shots, sample_shots, store_split
 from domainclust.evaluation.features import (
+    GLOBAL_AVERAGE,
     TARGET_DIMS,
     extract_layers,
     layer_label,
@@ -142,7 +143,7 @@ def low_shot(
 
     # Baselines have no network to fine-tune: they are in every table, on frozen features.
     frozen = [p for p in protocols if p in FROZEN]
-    target = 1 if "linear-gap" in frozen else TARGET_DIMS  # 1: one value per channel
+    target = GLOBAL_AVERAGE if "linear-gap" in frozen else TARGET_DIMS
     sources = {m: FeatureSource(m, store, tile_size=size, device=dev, pool=pool)
                for m in BASELINES}
     sources["pretrained"] = FeatureSource("pretrained", store, tile_size=size, device=dev,
