@@ -16,6 +16,7 @@ from domainclust.cli import app
 from domainclust.data.store import TileStore
 from domainclust.errors import DomainclustError
 from domainclust.evaluation import low_shot
+from domainclust.evaluation.data import Split, save_split
 from domainclust.evaluation.features import GLOBAL_AVERAGE, TARGET_DIMS, read_float_tiles
 from domainclust.evaluation.lowshot.fewshot import METHODS, FeatureSource, Row, judge
 from domainclust.evaluation.lowshot.finetune import FinetuneSettings
@@ -136,6 +137,25 @@ def test_linear_gap_averages_each_conv_stage_over_the_tile(
         (m, "linear-gap") for m in METHODS}
     assert data["verdict"]["1"]["method"] == "pretrained/linear-gap"
     assert data["settings"]["protocols"] == ["linear-gap"]
+
+
+@pytest.mark.filterwarnings("error::UserWarning")
+def test_a_class_absent_from_the_test_tiles_is_said_once_and_balanced_over_the_rest(
+        tiny_run: Path, small_store: Path, tmp_path: Path) -> None:
+    labels = TileStore(small_store).labels
+    order = np.random.default_rng(0).permutation(len(labels))
+    test = np.sort(order[:100][labels[order[:100]] != 9])  # no digit 9 among the test tiles
+    save_split(tmp_path / "split.npz", Split(train=np.sort(order[100:]), test=test, source=""))
+    cli = CliRunner().invoke(app, [
+        "finetune", "--checkpoint", str(tiny_run), "--store", str(small_store), "--shots", "1",
+        "--repeats", "2", "--protocol", "linear", "--split", str(tmp_path / "split.npz"),
+        "--out", str(tmp_path / "eval")])
+    assert cli.exit_code == 0, cli.output
+    assert cli.output.count("no test tile of class 9: balanced accuracy averages the 9 "
+                            "classes the test tiles hold") == 1
+    rows = json.loads((tmp_path / "eval" / "finetune.json").read_text())["rows"]
+    balanced = [r for r in rows if r["metric"] == "balanced_accuracy"]
+    assert len(balanced) == len(METHODS) and all(0 <= r["mean"] <= 1 for r in balanced)
 
 
 def test_knn_leave_one_out_never_lets_a_shot_vote_for_itself() -> None:
